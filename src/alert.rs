@@ -1,0 +1,140 @@
+//! The alert payload: the public contract subscribers parse (SPEC.md, Alerts).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rules::{AlertDraft, AlertState, Severity};
+
+/// One alert as published: field names and order are the contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// `{gateway}-{database id}-{seq}`: unique per gateway, the same on every redelivery.
+    pub id: String,
+    /// Increases by one per alert created, across restarts.
+    pub seq: u64,
+    pub gateway: String,
+    pub rule: String,
+    pub sensor: String,
+    pub metric: String,
+    pub state: AlertState,
+    pub severity: Severity,
+    pub value: f64,
+    pub threshold: f64,
+    /// RFC 3339, milliseconds, UTC.
+    pub ts: String,
+    pub since: String,
+    pub message: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Alert {
+    pub fn new(draft: &AlertDraft, gateway: &str, db_id: &str, seq: u64) -> Alert {
+        Alert {
+            id: alert_id(gateway, db_id, seq),
+            seq,
+            gateway: gateway.to_string(),
+            rule: draft.rule.clone(),
+            sensor: draft.sensor.clone(),
+            metric: draft.metric.clone(),
+            state: draft.state,
+            severity: draft.severity,
+            value: finite_or_zero(draft.value),
+            threshold: finite_or_zero(draft.threshold),
+            ts: rfc3339_ms(draft.ts_ms),
+            since: rfc3339_ms(draft.since_ms),
+            message: draft.message.clone(),
+            labels: draft.labels.clone(),
+        }
+    }
+
+    /// The JSON bytes, with `message` cut (on a character boundary, marked
+    /// with `…`) so the whole payload fits in `max` bytes. A broker refuses an
+    /// oversized publish and rumqttc would retry it forever (PITFALLS.md).
+    pub fn to_payload(&self, max: usize) -> Vec<u8> {
+        // Serializing a struct of strings and finite numbers cannot fail.
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        if bytes.len() <= max || self.message.is_empty() {
+            return bytes;
+        }
+        let over = bytes.len() - max;
+        let mut cut = self.clone();
+        let mut keep = self.message.len().saturating_sub(over + "…".len() + 8);
+        while !cut.message.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        cut.message.truncate(keep);
+        cut.message.push('…');
+        serde_json::to_vec(&cut).unwrap_or_default()
+    }
+}
+
+/// JSON has no NaN or infinity; the engine never emits them, but a
+/// payload must stay valid JSON whatever happens.
+fn finite_or_zero(v: f64) -> f64 {
+    if v.is_finite() { v } else { 0.0 }
+}
+
+pub fn alert_id(gateway: &str, db_id: &str, seq: u64) -> String {
+    format!("{gateway}-{db_id}-{seq}")
+}
+
+/// `2026-11-26T10:00:00.123Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => {
+            let fmt = time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            );
+            t.format(&fmt)
+                .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+        }
+        Err(_) => "1970-01-01T00:00:00.000Z".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft() -> AlertDraft {
+        AlertDraft {
+            rule: "greenhouse-hot".into(),
+            sensor: "greenhouse/t1".into(),
+            metric: "temperature".into(),
+            state: AlertState::Firing,
+            severity: Severity::Critical,
+            value: 31.2,
+            threshold: 30.0,
+            ts_ms: 1_795_687_200_123,
+            since_ms: 1_795_687_080_101,
+            message: "greenhouse/t1 is 31.2°C, above 30°C".into(),
+            labels: BTreeMap::from([("room".to_string(), "greenhouse".to_string())]),
+            actions: Vec::new(),
+            reason: crate::rules::Reason::Transition,
+        }
+    }
+
+    #[test]
+    fn the_payload_has_the_fields_of_the_spec_in_order() {
+        let a = Alert::new(&draft(), "greenhouse-pi", "7f3a9c", 42);
+        let json = String::from_utf8(a.to_payload(128 << 10)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"greenhouse-pi-7f3a9c-42","seq":42,"gateway":"greenhouse-pi","rule":"greenhouse-hot","sensor":"greenhouse/t1","metric":"temperature","state":"firing","severity":"critical","value":31.2,"threshold":30.0,"ts":"2026-11-26T10:00:00.123Z","since":"2026-11-26T09:58:00.101Z","message":"greenhouse/t1 is 31.2°C, above 30°C","labels":{"room":"greenhouse"}}"#
+        );
+    }
+
+    #[test]
+    fn an_oversized_message_is_cut_to_fit() {
+        let mut d = draft();
+        d.message = "é".repeat(5000);
+        let a = Alert::new(&d, "gw", "abcdef", 1);
+        let p = a.to_payload(2048);
+        assert!(p.len() <= 2048, "{}", p.len());
+        let back: Alert = serde_json::from_slice(&p).unwrap();
+        assert!(back.message.ends_with('…'));
+        assert_eq!(back.id, a.id);
+    }
+}

@@ -1,0 +1,101 @@
+//! The command line: parses arguments, loads the configuration, runs the
+//! command, and maps the outcome to an exit code (0 fine, 1 runtime failure,
+//! 2 invalid configuration; systemd does not restart on 2).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "IoT edge gateway: sensor readings in, threshold rules on the device, durable alerts upstream over MQTT"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, short, env = "OUTPOST_CONFIG", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Run(ConfigArg),
+    /// Validate the configuration and every rules file it names.
+    Check(ConfigArg),
+}
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_INVALID: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check(a) => check(&a.config),
+        Command::Run(a) => run(&a.config),
+    };
+    ExitCode::from(code)
+}
+
+fn load(path: &std::path::Path) -> Result<Config, u8> {
+    Config::load(path).map_err(|diags| {
+        for d in diags.iter() {
+            eprintln!("{d}");
+        }
+        eprintln!(
+            "{}: {} error{}",
+            path.display(),
+            diags.len(),
+            if diags.len() == 1 { "" } else { "s" }
+        );
+        EXIT_INVALID
+    })
+}
+
+fn check(path: &std::path::Path) -> u8 {
+    match load(path) {
+        Ok(c) => {
+            println!("{}", c.summary());
+            println!("{}: ok", path.display());
+            EXIT_OK
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(path: &std::path::Path) -> u8 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::logging::init(config.gateway.log_level.as_deref());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outpost: cannot start the runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    match rt.block_on(crate::runtime::run(config)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            EXIT_FAILURE
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! outpost: an IoT edge gateway for embedded Linux.
+//!
+//! Readings from serial ports and MQTT topics go through threshold rules on
+//! the device; alerts are kept in a durable outbox (sled) and forwarded
+//! upstream over MQTT with at-least-once delivery. See ARCHITECTURE.md for
+//! the map of this crate.
+
+pub mod alert;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod diagnostic;
+pub mod logging;
+pub mod outbox;
+pub mod payload;
+pub mod reading;
+pub mod rules;
+pub mod runtime;
+pub mod source;
+pub mod telemetry;
+pub mod topic;
+pub mod upstream;

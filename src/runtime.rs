@@ -1,0 +1,448 @@
+//! Wiring: builds every component from the [`Config`], spawns the tasks (the
+//! only module that does), and runs the shutdown and reload sequences.
+//!
+//! ```text
+//! sources ──readings (bounded)──> engine task ──alert batches──> outbox writer ──durable seq──> upstream
+//!                                   │ (pure Engine + clock)        (sled push, group flush)      (publish, PUBACK → ack)
+//!                                   └─ local actions ──> mqtt sources
+//! ```
+//!
+//! Shutdown (SIGTERM, SIGINT): sources stop; the engine finishes what is
+//! queued and hands its final state to the writer; the writer stores and
+//! flushes; then the upstream finishes in-flight publishes for up to a few
+//! seconds, publishes `offline` and disconnects; sled is flushed once more.
+//! Reload (SIGHUP): the rules files are read again; a set that does not
+//! validate is refused whole and the old rules keep running.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, FlushPolicy};
+use crate::outbox::{OpenEvent, Outbox};
+use crate::reading::{Clock, Reading};
+use crate::rules::engine::{Engine, EngineSnapshot};
+use crate::rules::{AlertDraft, LocalPublish, Rule};
+use crate::source::{self, SourceContext};
+use crate::telemetry::Telemetry;
+use crate::upstream::Upstream;
+
+/// Readings buffered between the sources and the engine.
+const READINGS_QUEUE: usize = 4096;
+/// How often the engine's timers (`for`, `repeat`, `silent_for`) are checked.
+const TICK: Duration = Duration::from_millis(500);
+/// How often the engine state is saved when readings changed it but no alert did.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
+
+/// What the engine hands the outbox writer.
+struct Batch {
+    drafts: Vec<AlertDraft>,
+    rules_state: Option<Vec<u8>>,
+}
+
+enum Control {
+    Reload(Vec<Rule>),
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let telemetry = Arc::new(Telemetry::new());
+    let state_dir = config.gateway.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+    let (outbox, event) = tokio::task::spawn_blocking(move || Outbox::open(&state_dir))
+        .await
+        .context("outbox open task")??;
+    if let Some(OpenEvent::Replaced { moved_to, reason }) = &event {
+        error!(moved_to = %moved_to.display(), %reason, "the outbox database was corrupt; moved it aside and started a fresh one");
+        Telemetry::bump(&telemetry.outbox_errors);
+    }
+    let outbox = Arc::new(outbox);
+    info!(
+        gateway = %config.gateway.id,
+        outbox = %outbox.path().display(),
+        db_id = outbox.db_id(),
+        waiting = outbox.depth(),
+        next_seq = outbox.next_seq(),
+        rules = config.rules.len(),
+        "outpost starting"
+    );
+
+    let clock = Clock::new();
+    let mut restored = Vec::new();
+    let engine = restore_engine(&outbox, config.rules.clone(), &clock, &mut restored);
+
+    let (readings_tx, readings_rx) = mpsc::channel::<Reading>(READINGS_QUEUE);
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(256);
+    let (durable_tx, durable_rx) = watch::channel(outbox.next_seq().saturating_sub(1));
+    let (control_tx, control_rx) = mpsc::channel::<Control>(4);
+
+    let sources_cancel = CancellationToken::new();
+    let upstream_cancel = CancellationToken::new();
+    let mut sources = JoinSet::new();
+    let mut action_routes: HashMap<String, mpsc::Sender<LocalPublish>> = HashMap::new();
+
+    for cfg in config.serial.clone() {
+        let ctx = source_context(
+            &readings_tx,
+            &telemetry,
+            &sources_cancel,
+            &cfg.name,
+            "serial",
+        );
+        sources.spawn(source::serial::run(cfg, ctx));
+    }
+    for cfg in config.mqtt.clone() {
+        let ctx = source_context(&readings_tx, &telemetry, &sources_cancel, &cfg.name, "mqtt");
+        let (tx, rx) = mpsc::channel(64);
+        action_routes.insert(cfg.name.clone(), tx);
+        sources.spawn(source::mqtt::run(cfg, ctx, rx));
+    }
+    for cfg in config.simulate.clone() {
+        let ctx = source_context(
+            &readings_tx,
+            &telemetry,
+            &sources_cancel,
+            &cfg.name,
+            "simulate",
+        );
+        sources.spawn(source::simulate::run(cfg, ctx));
+    }
+    drop(readings_tx);
+
+    let engine_task = tokio::spawn(engine_loop(
+        engine,
+        clock,
+        readings_rx,
+        control_rx,
+        batch_tx,
+        restored,
+        action_routes,
+        telemetry.clone(),
+    ));
+    let writer_task = tokio::spawn(writer_loop(
+        config.gateway.id.clone(),
+        config.outbox.flush,
+        outbox.clone(),
+        batch_rx,
+        durable_tx,
+        telemetry.clone(),
+    ));
+    let upstream_task = match &config.upstream {
+        Some(u) => {
+            let up = Upstream {
+                cfg: u.clone(),
+                outbox: outbox.clone(),
+                durable: durable_rx,
+                telemetry: telemetry.clone(),
+            };
+            Some(tokio::spawn(up.run(upstream_cancel.clone())))
+        }
+        None => {
+            warn!("no [upstream] configured: alerts stay in the outbox and the log");
+            None
+        }
+    };
+
+    wait_for_signals(&config, &control_tx, &telemetry).await;
+
+    info!("shutting down: stopping sources");
+    sources_cancel.cancel();
+    while sources.join_next().await.is_some() {}
+    drop(control_tx);
+    if let Err(e) = engine_task.await {
+        error!(error = %e, "engine task failed");
+    }
+    if let Err(e) = writer_task.await {
+        error!(error = %e, "outbox writer task failed");
+    }
+    upstream_cancel.cancel();
+    if let Some(t) = upstream_task {
+        let _ = t.await;
+    }
+    let ob = outbox.clone();
+    tokio::task::spawn_blocking(move || ob.flush_blocking())
+        .await
+        .context("final flush task")?
+        .context("final outbox flush")?;
+    info!(waiting = outbox.depth(), "outpost stopped");
+    Ok(())
+}
+
+fn source_context(
+    readings: &mpsc::Sender<Reading>,
+    telemetry: &Telemetry,
+    cancel: &CancellationToken,
+    name: &str,
+    kind: &'static str,
+) -> SourceContext {
+    SourceContext {
+        readings: readings.clone(),
+        counters: telemetry.source(name, kind),
+        cancel: cancel.clone(),
+    }
+}
+
+fn restore_engine(
+    outbox: &Outbox,
+    rules: Vec<Rule>,
+    clock: &Clock,
+    out: &mut Vec<AlertDraft>,
+) -> Engine {
+    let saved = match outbox.rules_state() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot read the saved rule state; starting fresh");
+            None
+        }
+    };
+    match saved.map(|b| serde_json::from_slice::<EngineSnapshot>(&b)) {
+        Some(Ok(snap)) => {
+            let engine = Engine::restore(rules, snap, clock.now(), out);
+            info!(firing = engine.firing().len(), "rule state restored");
+            engine
+        }
+        Some(Err(e)) => {
+            warn!(error = %e, "the saved rule state is unreadable; starting fresh");
+            Engine::new(rules)
+        }
+        None => Engine::new(rules),
+    }
+}
+
+async fn wait_for_signals(config: &Config, control: &mpsc::Sender<Control>, telemetry: &Telemetry) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        error!("cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM"); return; }
+            _ = int.recv() => { info!("SIGINT"); return; }
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading rules");
+                let paths = config.gateway.rules.clone();
+                match tokio::task::spawn_blocking(move || crate::rules::file::load_files(&paths)).await {
+                    Ok(Ok(rules)) => {
+                        let n = rules.len();
+                        if control.send(Control::Reload(rules)).await.is_ok() {
+                            Telemetry::bump(&telemetry.rule_reloads);
+                            info!(rules = n, "rules reloaded");
+                        }
+                    }
+                    Ok(Err(diags)) => {
+                        Telemetry::bump(&telemetry.rule_reload_errors);
+                        for d in diags.iter() {
+                            error!(error = %d, "rules reload refused; the old rules keep running");
+                        }
+                    }
+                    Err(e) => error!(error = %e, "rules reload task failed"),
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn engine_loop(
+    mut engine: Engine,
+    clock: Clock,
+    mut readings: mpsc::Receiver<Reading>,
+    mut control: mpsc::Receiver<Control>,
+    batches: mpsc::Sender<Batch>,
+    mut out: Vec<AlertDraft>,
+    actions: HashMap<String, mpsc::Sender<LocalPublish>>,
+    telemetry: Arc<Telemetry>,
+) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dirty = false;
+    let mut last_snapshot = tokio::time::Instant::now();
+    let mut control_open = true;
+    loop {
+        let mut done = false;
+        tokio::select! {
+            r = readings.recv() => match r {
+                Some(r) => {
+                    let now = clock.now();
+                    engine.on_reading(&r, now, &mut out);
+                    // Take what else is queued in the same go: one batch, one flush.
+                    let mut n = 1;
+                    while n < 1024 {
+                        match readings.try_recv() {
+                            Ok(r) => engine.on_reading(&r, now, &mut out),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                    dirty = true;
+                    telemetry.last_progress_ms.store(now.mono_ms, Ordering::Relaxed);
+                }
+                None => done = true,
+            },
+            _ = tick.tick() => {
+                let now = clock.now();
+                engine.tick(now, &mut out);
+                telemetry.last_progress_ms.store(now.mono_ms, Ordering::Relaxed);
+            }
+            c = control.recv(), if control_open => match c {
+                Some(Control::Reload(rules)) => engine.reload(rules, clock.now(), &mut out),
+                None => control_open = false,
+            },
+        }
+        let snapshot_due = dirty && last_snapshot.elapsed() >= SNAPSHOT_EVERY;
+        if !out.is_empty() || snapshot_due || done {
+            for d in &out {
+                for a in &d.actions {
+                    match actions.get(&a.broker) {
+                        Some(tx) => {
+                            if tx.try_send(a.clone()).is_err() {
+                                warn!(broker = %a.broker, topic = %a.topic, "local action dropped: broker queue full or gone");
+                            }
+                        }
+                        None => warn!(broker = %a.broker, "local action for an unknown broker"),
+                    }
+                }
+            }
+            let state = match serde_json::to_vec(&engine.snapshot(clock.now())) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    warn!(error = %e, "cannot serialize the rule state");
+                    None
+                }
+            };
+            Telemetry::bump_by(&telemetry.alerts_created, out.len() as u64);
+            let batch = Batch {
+                drafts: std::mem::take(&mut out),
+                rules_state: state,
+            };
+            if batches.send(batch).await.is_err() {
+                error!("outbox writer gone; engine stopping");
+                return;
+            }
+            dirty = false;
+            last_snapshot = tokio::time::Instant::now();
+        }
+        if done {
+            debug!("engine: readings closed, final state handed to the writer");
+            return;
+        }
+    }
+}
+
+/// Stores batches, flushing per policy (alerts received together share one
+/// flush), and announces the highest seq that may be published.
+async fn writer_loop(
+    gateway: String,
+    flush: FlushPolicy,
+    outbox: Arc<Outbox>,
+    mut batches: mpsc::Receiver<Batch>,
+    durable: watch::Sender<u64>,
+    telemetry: Arc<Telemetry>,
+) {
+    /// Drafts held in memory while the disk refuses writes; beyond this the oldest go.
+    const RETRY_LIMIT: usize = 10_000;
+    let period = match flush {
+        FlushPolicy::Always => Duration::from_secs(1),
+        FlushPolicy::Every(p) => p,
+    };
+    let mut timer = tokio::time::interval(period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Vec<AlertDraft> = Vec::new();
+    let mut state: Option<Vec<u8>> = None;
+    let mut unflushed = false;
+    let mut open = true;
+    while open || !pending.is_empty() || state.is_some() {
+        tokio::select! {
+            b = batches.recv(), if open => match b {
+                Some(b) => {
+                    pending.extend(b.drafts);
+                    if b.rules_state.is_some() { state = b.rules_state; }
+                    while let Ok(b) = batches.try_recv() {
+                        pending.extend(b.drafts);
+                        if b.rules_state.is_some() { state = b.rules_state; }
+                        if pending.len() >= 4096 { break; }
+                    }
+                }
+                None => open = false,
+            },
+            _ = timer.tick() => {
+                if unflushed {
+                    match outbox.flush().await {
+                        Ok(_) => unflushed = false,
+                        Err(e) => warn!(error = %e, "periodic outbox flush failed"),
+                    }
+                }
+                if pending.is_empty() && state.is_none() { continue; }
+            }
+        }
+        if pending.is_empty() && state.is_none() {
+            continue;
+        }
+        match outbox.push(&gateway, &pending, state.as_deref()) {
+            Ok(alerts) => {
+                pending.clear();
+                state = None;
+                for a in &alerts {
+                    info!(id = %a.id, rule = %a.rule, sensor = %a.sensor, metric = %a.metric, state = %a.state, severity = %a.severity, value = a.value, threshold = a.threshold, text = %a.message, "alert");
+                }
+                let publishable = outbox.next_seq().saturating_sub(1);
+                match flush {
+                    FlushPolicy::Always => match outbox.flush().await {
+                        Ok(_) => {
+                            let _ = durable.send(publishable);
+                        }
+                        Err(e) => {
+                            // Not durable yet: hold publishing back until a flush succeeds.
+                            Telemetry::bump(&telemetry.outbox_errors);
+                            unflushed = true;
+                            error!(error = %e, "outbox flush failed; retrying");
+                        }
+                    },
+                    FlushPolicy::Every(_) => {
+                        unflushed = true;
+                        let _ = durable.send(publishable);
+                    }
+                }
+            }
+            Err(e) => {
+                Telemetry::bump(&telemetry.outbox_errors);
+                if pending.len() > RETRY_LIMIT {
+                    let lost = pending.len() - RETRY_LIMIT;
+                    pending.drain(..lost);
+                    error!(
+                        lost,
+                        "outbox write keeps failing; oldest alerts not yet stored were dropped"
+                    );
+                }
+                error!(error = %e, waiting = pending.len(), "cannot write alerts to the outbox (disk full?); holding them and retrying");
+                if !open {
+                    // Stopping and the disk still refuses: nothing more to do.
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if matches!(flush, FlushPolicy::Always) && unflushed {
+            if outbox.flush().await.is_ok() {
+                unflushed = false;
+                let _ = durable.send(outbox.next_seq().saturating_sub(1));
+            }
+        }
+    }
+    if let Err(e) = outbox.flush().await {
+        error!(error = %e, "final outbox flush failed");
+    }
+}

@@ -1,0 +1,81 @@
+//! Sources: where readings come from. Each source runs as one task (spawned
+//! by `runtime`), turns bytes into [`Reading`]s through the pure parsers in
+//! `payload`, and sends them to the rule engine over a bounded channel, so a
+//! flood backs up into the source instead of growing memory.
+//!
+//! Bad input is counted per source and logged at a rate-limited warning
+//! quoting its start; it never stops a source and never reaches the rules.
+//! Lost devices and brokers are states with backoff, never fatal errors.
+
+pub mod lines;
+pub mod mqtt;
+pub mod serial;
+pub mod simulate;
+pub mod template;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::payload::{self, Format, ParseContext};
+use crate::reading::Reading;
+use crate::telemetry::SourceCounters;
+
+/// What every source task is given.
+#[derive(Clone)]
+pub struct SourceContext {
+    pub readings: mpsc::Sender<Reading>,
+    pub counters: Arc<SourceCounters>,
+    pub cancel: CancellationToken,
+}
+
+impl SourceContext {
+    /// Parses one line or message, counting and (rate-limited) logging bad
+    /// input; appends good readings to `out`.
+    pub fn parse(
+        &self,
+        format: Format,
+        input: &[u8],
+        ctx: &ParseContext<'_>,
+        out: &mut Vec<Reading>,
+    ) {
+        self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        let before = out.len();
+        match payload::parse(format, input, ctx, out) {
+            Ok(()) => {
+                self.counters
+                    .readings
+                    .fetch_add((out.len() - before) as u64, Ordering::Relaxed);
+            }
+            Err(e) => self.bad_input(e.kind(), &e.to_string(), input),
+        }
+    }
+
+    /// Counts bad input of `kind` and logs it, at most once per period.
+    pub fn bad_input(&self, kind: &'static str, reason: &str, input: &[u8]) {
+        self.counters.error(kind);
+        if let Some(suppressed) = self.counters.may_warn() {
+            warn!(
+                source = %self.counters.name,
+                kind,
+                %reason,
+                input = %payload::preview(input),
+                suppressed,
+                "bad input dropped"
+            );
+        }
+    }
+
+    /// Sends readings to the engine; false when the gateway is stopping.
+    pub async fn send(&self, readings: &mut Vec<Reading>) -> bool {
+        for r in readings.drain(..) {
+            if self.readings.send(r).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
