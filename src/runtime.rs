@@ -151,8 +151,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
+    let watchdog = tokio::spawn(watchdog_loop(clock, telemetry.clone()));
+    // Ready only now: the outbox is open and every task is running.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
     wait_for_signals(&config, &control_tx, &telemetry).await;
 
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    watchdog.abort();
     info!("shutting down: stopping sources");
     sources_cancel.cancel();
     while sources.join_next().await.is_some() {}
@@ -174,6 +180,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("final outbox flush")?;
     info!(waiting = outbox.depth(), "outpost stopped");
     Ok(())
+}
+
+/// Pings the systemd watchdog while the pipeline makes progress: the engine
+/// stamps `last_progress_ms` on every reading and every tick, so a stuck
+/// engine stops the pings and systemd restarts the service.
+async fn watchdog_loop(clock: Clock, telemetry: Arc<Telemetry>) {
+    let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|u| *u > 0)
+    else {
+        return;
+    };
+    let period = Duration::from_micros(usec / 2);
+    let stale_after = Duration::from_micros(usec).as_millis() as u64;
+    let mut every = tokio::time::interval(period);
+    loop {
+        every.tick().await;
+        let last = telemetry.last_progress_ms.load(Ordering::Relaxed);
+        if clock.now().mono_ms.saturating_sub(last) < stale_after {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            warn!("pipeline made no progress; withholding the watchdog ping");
+        }
+    }
 }
 
 fn source_context(

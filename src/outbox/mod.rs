@@ -125,38 +125,30 @@ impl Outbox {
     /// Opens (or creates) the outbox in `dir`/outbox.
     pub fn open(dir: &Path) -> Result<(Outbox, Option<OpenEvent>), OutboxError> {
         let path = dir.join("outbox");
-        match Outbox::open_at(&path) {
-            Ok(o) => Ok((o, None)),
-            Err(OutboxError::Open {
-                source: e @ sled::Error::Corruption { .. },
-                ..
-            }) => {
-                let stamp = crate::reading::wall_ms() / 1000;
-                let moved_to = dir.join(format!("outbox.corrupt-{stamp}"));
-                std::fs::rename(&path, &moved_to).map_err(|source| OutboxError::MoveAside {
-                    path: path.clone(),
-                    source,
-                })?;
-                let o = Outbox::open_at(&path)?;
-                Ok((
-                    o,
-                    Some(OpenEvent::Replaced {
-                        moved_to,
-                        reason: e.to_string(),
-                    }),
-                ))
-            }
-            Err(e) => Err(e),
-        }
+        // sled has been seen to panic on some damaged files instead of
+        // returning an error; either way the database is unusable.
+        let attempt = std::panic::catch_unwind(|| Outbox::open_at(&path));
+        let reason = match attempt {
+            Ok(Ok(o)) => return Ok((o, None)),
+            Ok(Err(OutboxError::Open { source, .. })) if is_damage(&source) => source.to_string(),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => "sled panicked while opening the database".to_string(),
+        };
+        let stamp = crate::reading::wall_ms() / 1000;
+        let moved_to = dir.join(format!("outbox.corrupt-{stamp}"));
+        std::fs::rename(&path, &moved_to).map_err(|source| OutboxError::MoveAside {
+            path: path.clone(),
+            source,
+        })?;
+        let o = Outbox::open_at(&path)?;
+        Ok((o, Some(OpenEvent::Replaced { moved_to, reason })))
     }
 
     fn open_at(path: &Path) -> Result<Outbox, OutboxError> {
         let open_err = |source: sled::Error| match &source {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                OutboxError::Locked {
-                    path: path.to_path_buf(),
-                }
-            }
+            sled::Error::Io(io) if is_lock_error(io) => OutboxError::Locked {
+                path: path.to_path_buf(),
+            },
             _ => OutboxError::Open {
                 path: path.to_path_buf(),
                 source,
@@ -351,6 +343,27 @@ impl Outbox {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// Errors that mean the files are damaged (not: locked, no permission).
+fn is_damage(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Corruption { .. }
+        | sled::Error::Unsupported(_)
+        | sled::Error::ReportableBug(_) => true,
+        sled::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+/// sled wraps the `EAGAIN` of its file lock in an error of its own.
+fn is_lock_error(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::WouldBlock
+        || io.raw_os_error() == Some(11)
+        || io.to_string().contains("could not acquire lock")
 }
 
 /// The severity stored in a payload, for bound eviction (lowest first).

@@ -161,10 +161,15 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        let keep = std::env::var_os("OUTPOST_E2E_KEEP").is_some();
         let dir = tempfile::Builder::new()
             .prefix("outpost-mosq")
+            .disable_cleanup(keep)
             .tempdir()
             .unwrap();
+        if keep {
+            eprintln!("broker folder kept: {}", dir.path().display());
+        }
         let mut m = Mosquitto {
             port: 0,
             dir,
@@ -789,8 +794,8 @@ impl Pty {
         let child = Command::new(socat)
             .arg("-d")
             .arg("-d")
-            .arg(format!("pty,raw,echo=0,link={}", self.gw_link.display()))
-            .arg(format!("pty,raw,echo=0,link={}", self.test_link.display()))
+            .arg(format!("pty,rawer,link={}", self.gw_link.display()))
+            .arg(format!("pty,rawer,link={}", self.test_link.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
@@ -829,35 +834,14 @@ impl Pty {
 
     /// Writes `line` and a newline, as a sensor prints a reading.
     pub fn write_line(&mut self, line: &str) {
-        if self.writer.is_none() {
-            self.writer = Some(
-                OpenOptions::new()
-                    .write(true)
-                    .open(&self.test_link)
-                    .expect("open pty test side"),
-            );
-        }
-        let w = self.writer.as_mut().unwrap();
-        w.write_all(format!("{line}\n").as_bytes())
-            .expect("write to pty");
-        w.flush().unwrap();
+        self.write_raw(format!("{line}\n").as_bytes());
     }
 
-    /// Writes raw bytes (partial lines, garbage).
+    /// Writes bytes exactly as given (CRLF, partial lines, garbage).
     pub fn write_raw(&mut self, bytes: &[u8]) {
-        if self.writer.is_none() {
-            self.writer = Some(
-                OpenOptions::new()
-                    .write(true)
-                    .open(&self.test_link)
-                    .expect("open pty test side"),
-            );
-        }
-        self.writer
-            .as_mut()
-            .unwrap()
-            .write_all(bytes)
-            .expect("write to pty");
+        let w = self.writer.get_or_insert_with(|| open_raw(&self.test_link));
+        w.write_all(bytes).expect("write to pty");
+        w.flush().unwrap();
     }
 
     /// Unplugs the adapter: both terminals disappear.
@@ -878,6 +862,34 @@ impl Pty {
         assert!(self.child.is_none(), "replug of a plugged pty");
         self.spawn();
     }
+}
+
+/// Opens the test's side of a pty in raw mode, so that bytes pass
+/// unchanged (no `\n` to `\r\n`).
+fn open_raw(path: &Path) -> File {
+    use std::os::fd::AsRawFd;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open pty test side");
+    // SAFETY: termios calls on an fd we own, with a zeroed struct that
+    // tcgetattr fills before use.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(
+            libc::tcgetattr(f.as_raw_fd(), &mut t),
+            0,
+            "tcgetattr on pty"
+        );
+        libc::cfmakeraw(&mut t);
+        assert_eq!(
+            libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t),
+            0,
+            "tcsetattr on pty"
+        );
+    }
+    f
 }
 
 impl Drop for Pty {
