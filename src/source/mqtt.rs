@@ -21,7 +21,7 @@ use crate::connect::mqtt_options;
 use crate::payload::ParseContext;
 use crate::reading::wall_ms;
 use crate::rules::LocalPublish;
-use crate::upstream::sleep_or_cancel;
+use crate::upstream::{next_event, sleep_or_cancel};
 
 /// Largest MQTT packet accepted from the broker; payloads over the source's
 /// `max_payload` are counted and dropped by us, not by a disconnect.
@@ -56,7 +56,9 @@ pub async fn run(
                 continue;
             }
         };
-        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        let (client, eventloop) = AsyncClient::new(opts, 64);
+        // Never cancelled half-way (see upstream::next_event).
+        let mut poll = Box::pin(next_event(eventloop));
         let mut connected = false;
         let reason = loop {
             tokio::select! {
@@ -70,7 +72,9 @@ pub async fn run(
                             warn!(source = %cfg.name, topic = %a.topic, error = %e, "local action not published");
                         }
                 }
-                ev = eventloop.poll() => match ev {
+                (el, ev) = &mut poll => {
+                    poll = Box::pin(next_event(el));
+                    match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
                         backoff.reset();
@@ -97,7 +101,7 @@ pub async fn run(
                     }
                     Ok(_) => {}
                     Err(e) => break e.to_string(),
-                },
+                }},
             }
         };
         ctx.counters.connected.store(false, Ordering::Relaxed);
