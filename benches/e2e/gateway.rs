@@ -1,0 +1,325 @@
+//! The gateways under test, as processes: outpost (the real binary with a
+//! real config) and Node-RED (with a flow doing the same job), plus what
+//! /proc says about them.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::broker::{find_program, free_port};
+use crate::workload::{ABOVE, CLEAR};
+
+#[derive(Clone, Debug)]
+pub enum Kind {
+    Outpost { bin: PathBuf },
+    NodeRed { dir: PathBuf },
+}
+
+impl Kind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Kind::Outpost { .. } => "outpost",
+            Kind::NodeRed { .. } => "Node-RED",
+        }
+    }
+
+    /// Where its alerts arrive upstream.
+    pub fn alerts_filter(&self) -> &'static str {
+        match self {
+            Kind::Outpost { .. } => "outpost/bench/alerts/#",
+            Kind::NodeRed { .. } => "nodered/bench/alerts/#",
+        }
+    }
+
+    /// Retained `online` upstream once connected.
+    pub fn status_topic(&self) -> &'static str {
+        match self {
+            Kind::Outpost { .. } => "outpost/bench/status",
+            Kind::NodeRed { .. } => "nodered/bench/status",
+        }
+    }
+
+    /// Its client id on the local broker (ready once subscribed there).
+    pub fn local_client(&self) -> &'static str {
+        match self {
+            Kind::Outpost { .. } => "outpost-bench-local",
+            Kind::NodeRed { .. } => "nodered-bench-local",
+        }
+    }
+}
+
+pub struct Gateway {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub spawned: Instant,
+    http_port: Option<u16>,
+}
+
+pub struct Stopped {
+    /// outpost's "outpost stopped waiting=N": alerts still in the outbox.
+    pub waiting: Option<u64>,
+    pub clean: bool,
+}
+
+/// The threshold-with-hysteresis rule, per sensor, in a Node-RED function node.
+const NODE_RED_FUNCTION: &str = r#"
+const sensor = msg.topic;
+const v = msg.payload && msg.payload.temperature;
+if (typeof v !== 'number' || !isFinite(v)) { return null; }
+const firing = context.get(sensor) === true;
+let state = null;
+if (!firing && v > ABOVE) { state = 'firing'; }
+else if (firing && v <= CLEAR) { state = 'resolved'; }
+if (state === null) { return null; }
+context.set(sensor, state === 'firing');
+const seq = (context.get('$seq') || 0) + 1;
+context.set('$seq', seq);
+return {
+  topic: 'nodered/bench/alerts/bench-hot/' + sensor,
+  payload: JSON.stringify({
+    id: 'nodered-bench-' + seq, seq: seq, gateway: 'nodered-bench', rule: 'bench-hot',
+    sensor: sensor, metric: 'temperature', state: state, severity: 'warning',
+    value: v, threshold: ABOVE, ts: new Date().toISOString(),
+    message: sensor + ' temperature is ' + v + ', above ' + ABOVE
+  })
+};
+"#;
+
+impl Gateway {
+    pub fn start(kind: &Kind, local_port: u16, up_port: u16) -> Result<Gateway, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("outpost-bench-gw-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let d = dir.path();
+        let log = File::create(d.join("gateway.log")).map_err(|e| e.to_string())?;
+        let (mut cmd, http_port) = match kind {
+            Kind::Outpost { bin } => {
+                let http = free_port()?;
+                write(
+                    &d.join("outpost.toml"),
+                    &format!(
+                        "[gateway]\nid = \"bench\"\nstate_dir = \"state\"\nrules = [\"rules.toml\"]\n\n\
+                         [upstream]\nurl = \"mqtt://127.0.0.1:{up_port}\"\nkeep_alive = \"30s\"\n\n\
+                         [outbox]\nflush = \"always\"\n\n\
+                         [http]\nlisten = \"127.0.0.1:{http}\"\n\n\
+                         [[mqtt]]\nname = \"local\"\nurl = \"mqtt://127.0.0.1:{local_port}\"\n\
+                         topics = [\"bench/+\"]\nformat = \"json\"\nsensor = \"{{topic}}\"\n"
+                    ),
+                )?;
+                write(
+                    &d.join("rules.toml"),
+                    &format!(
+                        "[[rule]]\nid = \"bench-hot\"\nsensor = \"bench/*\"\nmetric = \"temperature\"\n\
+                         above = {ABOVE:.1}\nclear = {CLEAR:.1}\nseverity = \"warning\"\n"
+                    ),
+                )?;
+                let mut cmd = Command::new(bin);
+                cmd.arg("run")
+                    .arg("--config")
+                    .arg(d.join("outpost.toml"))
+                    .env_remove("RUST_LOG")
+                    .env_remove("OUTPOST_CONFIG");
+                (cmd, Some(http))
+            }
+            Kind::NodeRed { dir: install } => {
+                let red = install.join("node_modules/node-red/red.js");
+                if !red.is_file() {
+                    return Err(format!(
+                        "Node-RED not installed: {} is missing",
+                        red.display()
+                    ));
+                }
+                let node = find_program("node", &[])
+                    .ok_or_else(|| "node not found in PATH".to_string())?;
+                let ui = free_port()?;
+                write(&d.join("flows.json"), &node_red_flow(local_port, up_port))?;
+                write(
+                    &d.join("settings.js"),
+                    &format!(
+                        "module.exports = {{\n  uiHost: '127.0.0.1',\n  uiPort: {ui},\n  \
+                         flowFile: 'flows.json',\n  credentialSecret: false,\n  \
+                         httpAdminRoot: false,\n  \
+                         logging: {{ console: {{ level: 'info', metrics: false, audit: false }} }},\n  \
+                         diagnostics: {{ enabled: false, ui: false }},\n  \
+                         runtimeState: {{ enabled: false, ui: false }},\n  \
+                         telemetry: {{ enabled: false }},\n  \
+                         editorTheme: {{ projects: {{ enabled: false }} }},\n}};\n"
+                    ),
+                )?;
+                let mut cmd = Command::new(node);
+                cmd.arg(red)
+                    .arg("--settings")
+                    .arg(d.join("settings.js"))
+                    .arg("--userDir")
+                    .arg(d);
+                (cmd, None)
+            }
+        };
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let spawned = Instant::now();
+        let child = cmd
+            .current_dir(d)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", kind.label()))?;
+        Ok(Gateway {
+            child,
+            dir,
+            spawned,
+            http_port,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.pid())
+    }
+
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// outpost's `outpost_outbox_depth` from /metrics, when it serves one.
+    pub fn outbox_depth(&self) -> Option<u64> {
+        let port = self.http_port?;
+        let body = http_get(port, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("outpost_outbox_depth "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    }
+
+    /// SIGTERM, then up to 15 s for a clean exit, then SIGKILL.
+    pub fn stop(mut self) -> Stopped {
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut clean = false;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => {
+                    clean = st.success();
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let waiting = self
+            .log()
+            .lines()
+            .filter(|l| l.contains("outpost stopped"))
+            .filter_map(|l| l.split("waiting=").nth(1))
+            .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+            .next_back();
+        Stopped { waiting, clean }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn node_red_flow(local_port: u16, up_port: u16) -> String {
+    let func = NODE_RED_FUNCTION
+        .replace("ABOVE", &format!("{ABOVE:.1}"))
+        .replace("CLEAR", &format!("{CLEAR:.1}"));
+    let broker = |id: &str, name: &str, port: u16, client: &str, birth: bool| {
+        let (topic, payload, will) = if birth {
+            ("nodered/bench/status", "online", "offline")
+        } else {
+            ("", "", "")
+        };
+        json!({
+            "id": id, "type": "mqtt-broker", "name": name,
+            "broker": "127.0.0.1", "port": port.to_string(), "clientid": client,
+            "autoConnect": true, "usetls": false, "protocolVersion": "4",
+            "keepalive": "30", "cleansession": true, "autoUnsubscribe": true,
+            "birthTopic": topic, "birthQos": "1", "birthRetain": "true", "birthPayload": payload, "birthMsg": {},
+            "closeTopic": "", "closeQos": "0", "closePayload": "", "closeMsg": {},
+            "willTopic": topic, "willQos": "1", "willRetain": "true", "willPayload": will, "willMsg": {},
+            "userProps": "", "sessionExpiry": ""
+        })
+    };
+    let flow = json!([
+        {"id": "bench-tab", "type": "tab", "label": "outpost bench", "disabled": false},
+        broker("bench-local", "local", local_port, "nodered-bench-local", false),
+        broker("bench-up", "upstream", up_port, "nodered-bench-up", true),
+        {"id": "bench-in", "type": "mqtt in", "z": "bench-tab", "name": "readings",
+         "topic": "bench/+", "qos": "0", "datatype": "json", "broker": "bench-local",
+         "nl": false, "rap": true, "rh": 0, "inputs": 0, "x": 100, "y": 100,
+         "wires": [["bench-fn"]]},
+        {"id": "bench-fn", "type": "function", "z": "bench-tab",
+         "name": "threshold with hysteresis", "func": func, "outputs": 1,
+         "timeout": 0, "noerr": 0, "initialize": "", "finalize": "", "libs": [],
+         "x": 300, "y": 100, "wires": [["bench-out"]]},
+        {"id": "bench-out", "type": "mqtt out", "z": "bench-tab", "name": "alerts",
+         "topic": "", "qos": "1", "retain": "false", "respTopic": "", "contentType": "",
+         "userProps": "", "correl": "", "expiry": "", "broker": "bench-up",
+         "x": 500, "y": 100, "wires": []}
+    ]);
+    serde_json::to_string_pretty(&flow).unwrap_or_default()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.starts_with("HTTP/1.").then_some(body)
+}
+
+/// utime + stime of a process, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
+}
+
+/// A `kB` line of /proc/PID/status (`VmHWM:`, `VmRSS:`).
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}

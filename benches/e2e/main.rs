@@ -1,0 +1,728 @@
+//! End-to-end benchmark: outpost against the broker's own limit and against
+//! Node-RED, on the same machine, in one run. See BENCHMARKS.md.
+//!
+//! `./scripts/bench` runs the whole comparison (it installs Node-RED into a
+//! temporary folder first). By hand:
+//!
+//! ```text
+//! cargo bench --bench e2e -- [--readings N] [--heavy N] [--latency-secs S]
+//!     [--rate R] [--idle-secs S] [--node-red DIR] [--out FILE]
+//! ```
+//!
+//! Under `cargo test` (no `--bench` argument) it runs a smoke test instead:
+//! a few hundred readings through the debug binary, no Node-RED, and fails
+//! when an alert goes missing. The long benchmark never runs in CI.
+//!
+//! Every scenario gets fresh brokers (Mosquitto on free ports) and a fresh
+//! gateway process; the load generator and the subscribers that time the
+//! delivery live in this process, on rumqttc.
+
+mod broker;
+mod gateway;
+mod mqtt;
+mod workload;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use rumqttc::QoS;
+
+use broker::Mosquitto;
+use gateway::{Gateway, Kind};
+use mqtt::{Publisher, Subscriber};
+use workload::Workload;
+
+struct Opts {
+    full: bool,
+    readings: usize,
+    heavy: usize,
+    latency_secs: f64,
+    rate: f64,
+    idle_secs: f64,
+    outpost: PathBuf,
+    node_red: Option<PathBuf>,
+    out: Option<PathBuf>,
+}
+
+impl Opts {
+    /// Lenient: `cargo test`/`cargo bench` pass their own flags (`--bench`,
+    /// `--nocapture`, filters); anything not ours is ignored.
+    fn parse() -> Result<Opts, String> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let full = args.iter().any(|a| a == "--bench");
+        let mut o = if full {
+            Opts {
+                full,
+                readings: 200_000,
+                heavy: 20_000,
+                latency_secs: 20.0,
+                rate: 1000.0,
+                idle_secs: 10.0,
+                outpost: PathBuf::from(env!("CARGO_BIN_EXE_outpost")),
+                node_red: None,
+                out: None,
+            }
+        } else {
+            Opts {
+                full,
+                readings: 2_000,
+                heavy: 200,
+                latency_secs: 0.5,
+                rate: 400.0,
+                idle_secs: 0.5,
+                outpost: PathBuf::from(env!("CARGO_BIN_EXE_outpost")),
+                node_red: None,
+                out: None,
+            }
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{a} needs a value"))
+            };
+            let num = |v: String| v.parse::<f64>().map_err(|e| format!("{a} {v}: {e}"));
+            match a.as_str() {
+                "--readings" => o.readings = num(value()?)? as usize,
+                "--heavy" => o.heavy = num(value()?)? as usize,
+                "--latency-secs" => o.latency_secs = num(value()?)?,
+                "--rate" => o.rate = num(value()?)?.max(1.0),
+                "--idle-secs" => o.idle_secs = num(value()?)?,
+                "--outpost" => o.outpost = PathBuf::from(value()?),
+                "--node-red" => o.node_red = Some(PathBuf::from(value()?)),
+                "--out" => o.out = Some(PathBuf::from(value()?)),
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// One pass of a workload through a gateway (or the bare subscriber).
+struct Run {
+    readings: usize,
+    alerts_expected: usize,
+    alerts_received: usize,
+    /// First publish to done (last alert acknowledged, or last reading received).
+    secs: f64,
+    /// How long the generator took to publish everything.
+    publish_secs: f64,
+    complete: bool,
+    /// How "done" was observed.
+    done_by: &'static str,
+    cpu_secs: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    waiting_at_stop: Option<u64>,
+    clean_stop: bool,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn readings_per_s(&self) -> f64 {
+        self.readings as f64 / self.secs.max(1e-9)
+    }
+    fn alerts_per_s(&self) -> f64 {
+        self.alerts_received as f64 / self.secs.max(1e-9)
+    }
+    fn cpu_per_million(&self) -> Option<f64> {
+        self.cpu_secs.map(|c| c / self.readings as f64 * 1e6)
+    }
+    fn percentile(&self, p: f64) -> Option<Duration> {
+        let mut v = self.latencies.clone();
+        v.sort();
+        let i = ((v.len() as f64 * p).ceil() as usize).checked_sub(1)?;
+        v.get(i.min(v.len() - 1)).copied()
+    }
+}
+
+#[derive(Default)]
+struct GatewayResults {
+    startup: Option<Duration>,
+    idle_cpu_pct: Option<f64>,
+    sparse: Option<Run>,
+    heavy: Option<Run>,
+    latency: Option<Run>,
+    errors: Vec<String>,
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The bare subscriber: the same generator, the same broker, a subscriber
+/// that only counts. This is the ceiling for any gateway on this machine.
+async fn bare(w: &Workload) -> Result<Run, String> {
+    let local = Mosquitto::start("limit")?;
+    let sub =
+        Subscriber::connect(local.port, "bench-bare", "bench/+", QoS::AtMostOnce, false).await?;
+    let publisher = Publisher::connect(local.port).await?;
+    let sent = publisher.publish(w, None).await?;
+    let complete = sub.wait_for(w.len(), Duration::from_secs(5)).await;
+    let end = sub.last().unwrap_or_else(Instant::now);
+    let received = sub.count();
+    if local.drops() > 0 {
+        eprintln!("warning: the broker logged dropped messages");
+    }
+    Ok(Run {
+        readings: received,
+        alerts_expected: 0,
+        alerts_received: 0,
+        secs: end.duration_since(sent.first()).as_secs_f64(),
+        publish_secs: sent.last().duration_since(sent.first()).as_secs_f64(),
+        complete: complete && received == w.len(),
+        done_by: "last reading received",
+        cpu_secs: None,
+        peak_rss_kib: None,
+        waiting_at_stop: None,
+        clean_stop: true,
+        latencies: Vec::new(),
+    })
+}
+
+struct Ready {
+    startup: Duration,
+    idle_cpu_pct: Option<f64>,
+}
+
+/// Starts brokers and the gateway, waits until it is ready (online upstream
+/// and subscribed locally), then feeds it `w` and times delivery.
+async fn through_gateway(
+    kind: &Kind,
+    w: &Workload,
+    rate: Option<f64>,
+    idle_secs: Option<f64>,
+) -> Result<(Ready, Run), String> {
+    let local = Mosquitto::start("local")?;
+    let up = Mosquitto::start("upstream")?;
+    let alerts = Subscriber::connect(
+        up.port,
+        "bench-alerts",
+        kind.alerts_filter(),
+        QoS::AtLeastOnce,
+        true,
+    )
+    .await?;
+    let status = Subscriber::connect(
+        up.port,
+        "bench-status",
+        kind.status_topic(),
+        QoS::AtLeastOnce,
+        true,
+    )
+    .await?;
+    let publisher = Publisher::connect(local.port).await?;
+    let mut gw = Gateway::start(kind, local.port, up.port)?;
+
+    // Ready: `online` retained upstream and subscribed on the local broker.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut subscribed_at = None;
+    let ready_at = loop {
+        if subscribed_at.is_none() && local.has_subscription(kind.local_client(), "bench/+") {
+            subscribed_at = Some(Instant::now());
+        }
+        if let (Some(s), Some(o)) = (subscribed_at, status.first_with(b"online")) {
+            break s.max(o);
+        }
+        if gw.exited() || Instant::now() > deadline {
+            return Err(format!(
+                "{} did not get ready (online upstream and subscribed locally):\n{}",
+                kind.label(),
+                tail(&gw.log(), 30)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let startup = ready_at.duration_since(gw.spawned);
+
+    let idle_cpu_pct = match idle_secs {
+        Some(secs) => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let c0 = gw.cpu_seconds();
+            let t0 = Instant::now();
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            let c1 = gw.cpu_seconds();
+            c0.zip(c1)
+                .map(|(a, b)| (b - a) / t0.elapsed().as_secs_f64() * 100.0)
+        }
+        None => None,
+    };
+
+    let cpu0 = gw.cpu_seconds();
+    let sent = publisher.publish(w, rate).await?;
+    let stall = Duration::from_secs(20);
+    let mut complete = alerts.wait_for(w.expected_alerts, stall).await;
+    let mut end = alerts.last().unwrap_or_else(Instant::now);
+    let mut done_by = "last alert received";
+    if complete && matches!(kind, Kind::Outpost { .. }) {
+        // Acknowledged: the outbox is empty (outpost removes an alert on its PUBACK).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match gw.outbox_depth() {
+                Some(0) => {
+                    end = Instant::now();
+                    done_by = "outbox empty (/metrics)";
+                    break;
+                }
+                Some(_) if Instant::now() < deadline => {}
+                Some(_) => {
+                    complete = false;
+                    break;
+                }
+                None => break, // no /metrics in this build
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let cpu1 = gw.cpu_seconds();
+    let peak_rss_kib = gw.peak_rss_kib();
+    let received = alerts.count();
+    let stopped = gw.stop();
+    drop(publisher);
+
+    let messages = alerts.messages();
+    let latencies = messages
+        .iter()
+        .filter_map(|(at, payload)| {
+            let i = workload::index_of(workload::alert_value(payload)?)?;
+            Some(at.saturating_duration_since(*sent.at.get(i)?))
+        })
+        .collect::<Vec<_>>();
+    if latencies.len() != messages.len() {
+        eprintln!(
+            "warning: {} of {} alerts did not name a reading",
+            messages.len() - latencies.len(),
+            messages.len()
+        );
+    }
+    let run = Run {
+        readings: w.len(),
+        alerts_expected: w.expected_alerts,
+        alerts_received: received,
+        secs: end.duration_since(sent.first()).as_secs_f64(),
+        publish_secs: sent.last().duration_since(sent.first()).as_secs_f64(),
+        complete,
+        done_by,
+        cpu_secs: cpu0.zip(cpu1).map(|(a, b)| b - a),
+        peak_rss_kib,
+        waiting_at_stop: stopped.waiting,
+        clean_stop: stopped.clean,
+        latencies,
+    };
+    Ok((
+        Ready {
+            startup,
+            idle_cpu_pct,
+        },
+        run,
+    ))
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+async fn gateway_suite(kind: &Kind, o: &Opts) -> GatewayResults {
+    let mut r = GatewayResults::default();
+    let label = kind.label();
+    let sparse = Workload::new(o.readings, 50);
+    eprintln!(
+        "{label}: {} readings, 1 % fire ... (load {})",
+        sparse.len(),
+        load()
+    );
+    match through_gateway(kind, &sparse, None, Some(o.idle_secs)).await {
+        Ok((ready, run)) => {
+            r.startup = Some(ready.startup);
+            r.idle_cpu_pct = ready.idle_cpu_pct;
+            r.sparse = Some(run);
+        }
+        Err(e) => r.errors.push(format!("1 % run: {e}")),
+    }
+    let heavy = Workload::new(o.heavy, 1);
+    eprintln!(
+        "{label}: {} readings, every one alerts ... (load {})",
+        heavy.len(),
+        load()
+    );
+    match through_gateway(kind, &heavy, None, None).await {
+        Ok((_, run)) => r.heavy = Some(run),
+        Err(e) => r.errors.push(format!("alert-heavy run: {e}")),
+    }
+    let n = (o.latency_secs * o.rate) as usize;
+    let lat = Workload::new(n, 5);
+    eprintln!(
+        "{label}: latency, {} readings at {}/s, 10 % alert ... (load {})",
+        lat.len(),
+        o.rate,
+        load()
+    );
+    match through_gateway(kind, &lat, Some(o.rate), None).await {
+        Ok((_, run)) => r.latency = Some(run),
+        Err(e) => r.errors.push(format!("latency run: {e}")),
+    }
+    r
+}
+
+fn main() -> ExitCode {
+    let o = match Opts::parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("e2e: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("e2e: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(o))
+}
+
+async fn run(o: Opts) -> ExitCode {
+    let started = Instant::now();
+    let load_before = load();
+    let mode = if o.full { "benchmark" } else { "smoke test" };
+    eprintln!("e2e {mode}: outpost at {}", o.outpost.display());
+    let limit_w = Workload::new(o.readings, 50);
+    let mut limits = Vec::new();
+    let mut errors = Vec::new();
+    eprintln!(
+        "limit: bare subscriber, {} readings ... (load {})",
+        limit_w.len(),
+        load()
+    );
+    match bare(&limit_w).await {
+        Ok(r) => limits.push(r),
+        Err(e) => errors.push(format!("limit: {e}")),
+    }
+    let outpost = gateway_suite(
+        &Kind::Outpost {
+            bin: o.outpost.clone(),
+        },
+        &o,
+    )
+    .await;
+    let node_red = match &o.node_red {
+        Some(dir) => Some(gateway_suite(&Kind::NodeRed { dir: dir.clone() }, &o).await),
+        None => None,
+    };
+    eprintln!("limit again ... (load {})", load());
+    match bare(&limit_w).await {
+        Ok(r) => limits.push(r),
+        Err(e) => errors.push(format!("limit: {e}")),
+    }
+    let load_after = load();
+    errors.extend(outpost.errors.iter().map(|e| format!("outpost {e}")));
+    if let Some(n) = &node_red {
+        errors.extend(n.errors.iter().map(|e| format!("Node-RED {e}")));
+    }
+    let report = report(
+        &o,
+        &limits,
+        &outpost,
+        node_red.as_ref(),
+        &load_before,
+        &load_after,
+        started.elapsed(),
+        &errors,
+    );
+    println!("{report}");
+    if let Some(path) = &o.out {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        match std::fs::write(path, &report) {
+            Ok(()) => eprintln!("written to {}", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+    }
+    // The smoke test's verdict: every alert arrived and left the outbox.
+    let outpost_ok = [&outpost.sparse, &outpost.heavy, &outpost.latency]
+        .iter()
+        .all(|r| {
+            r.as_ref()
+                .is_some_and(|r| r.complete && r.waiting_at_stop.unwrap_or(0) == 0)
+        });
+    if errors.is_empty() && outpost_ok && limits.iter().all(|l| l.complete) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("e2e: FAILED (incomplete runs or errors above)");
+        ExitCode::FAILURE
+    }
+}
+
+fn thousands(x: f64) -> String {
+    let n = x.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("—".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("—".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "—".into(),
+    }
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("?".into(), |m| m.trim().to_string());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or("?".into(), |k| format!("{:.1} GiB", k as f64 / 1048576.0));
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or("?".into(), |s| s.trim().to_string());
+    format!("{nproc} CPUs ({model}), {mem} RAM, Linux {kernel}")
+}
+
+fn versions(o: &Opts) -> String {
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let red = o.node_red.as_ref().and_then(|d| {
+        let pkg = std::fs::read(d.join("node_modules/node-red/package.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&pkg).ok()?;
+        Some(v["version"].as_str()?.to_string())
+    });
+    let mut s = format!(
+        "outpost {}, {}",
+        env!("CARGO_PKG_VERSION"),
+        broker::mosquitto_version()
+    );
+    if let Some(r) = red {
+        let _ = write!(s, ", Node-RED {r} on node {}", node.unwrap_or_default());
+    }
+    s
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    o: &Opts,
+    limits: &[Run],
+    op: &GatewayResults,
+    nr: Option<&GatewayResults>,
+    load_before: &str,
+    load_after: &str,
+    took: Duration,
+    errors: &[String],
+) -> String {
+    let mut s = String::new();
+    let limit = (!limits.is_empty())
+        .then(|| limits.iter().map(Run::readings_per_s).sum::<f64>() / limits.len() as f64);
+    let _ = writeln!(s, "Machine: {}", machine());
+    let _ = writeln!(s, "Versions: {}", versions(o));
+    let _ = writeln!(
+        s,
+        "Load average (1/5/15 min): {load_before} at the start, {load_after} at the end; the run took {:.0} s.",
+        took.as_secs_f64()
+    );
+    let _ = writeln!(s);
+    let nr_get = |f: &dyn Fn(&GatewayResults) -> Option<f64>| nr.and_then(f);
+    let cell = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("—".into(), f);
+    let rps = |r: &Option<Run>| r.as_ref().map(Run::readings_per_s);
+    let aps = |r: &Option<Run>| r.as_ref().map(Run::alerts_per_s);
+    let cpu = |r: &Option<Run>| r.as_ref().and_then(Run::cpu_per_million);
+    let rss = |r: &Option<Run>| r.as_ref().and_then(|r| r.peak_rss_kib);
+    let pct = |r: &Option<Run>, p| r.as_ref().and_then(|r| r.percentile(p));
+    let n_s = op.sparse.as_ref().map_or(o.readings, |r| r.readings);
+    let n_h = op.heavy.as_ref().map_or(o.heavy, |r| r.readings);
+    let limits_txt = limits
+        .iter()
+        .map(|l| thousands(l.readings_per_s()))
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let _ = writeln!(
+        s,
+        "| measure | limit: bare subscriber | outpost | Node-RED | outpost ÷ limit | outpost ÷ Node-RED |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| readings/s, {} readings, 1 % fire + 1 % resolve, until the last alert is acknowledged | {} (before / after) | {} | {} | {} | {} |",
+        thousands(n_s as f64),
+        if limits_txt.is_empty() {
+            "—".into()
+        } else {
+            limits_txt
+        },
+        cell(rps(&op.sparse), &thousands),
+        cell(nr_get(&|n| rps(&n.sparse)), &thousands),
+        ratio(rps(&op.sparse), limit),
+        ratio(rps(&op.sparse), nr_get(&|n| rps(&n.sparse))),
+    );
+    let _ = writeln!(
+        s,
+        "| alerts/s, {} readings, every reading toggles an alert | — | {} | {} | — | {} |",
+        thousands(n_h as f64),
+        cell(aps(&op.heavy), &thousands),
+        cell(nr_get(&|n| aps(&n.heavy)), &thousands),
+        ratio(aps(&op.heavy), nr_get(&|n| aps(&n.heavy))),
+    );
+    let _ = writeln!(
+        s,
+        "| reading → alert latency p50 / p99 at {} readings/s (10 % alert) | — | {} / {} | {} / {} | — | — |",
+        thousands(o.rate),
+        ms(pct(&op.latency, 0.5)),
+        ms(pct(&op.latency, 0.99)),
+        ms(nr.and_then(|n| pct(&n.latency, 0.5))),
+        ms(nr.and_then(|n| pct(&n.latency, 0.99))),
+    );
+    let _ = writeln!(
+        s,
+        "| peak RSS (VmHWM), 1 % run / alert-heavy run | — | {} / {} | {} / {} | — | {} |",
+        mib(rss(&op.sparse)),
+        mib(rss(&op.heavy)),
+        mib(nr.and_then(|n| rss(&n.sparse))),
+        mib(nr.and_then(|n| rss(&n.heavy))),
+        ratio(
+            rss(&op.sparse).map(|k| k as f64),
+            nr.and_then(|n| rss(&n.sparse)).map(|k| k as f64)
+        ),
+    );
+    let _ = writeln!(
+        s,
+        "| CPU s per million readings, 1 % run / alert-heavy run | — | {} / {} | {} / {} | — | {} |",
+        cell(cpu(&op.sparse), &|c| format!("{c:.2}")),
+        cell(cpu(&op.heavy), &|c| format!("{c:.1}")),
+        cell(nr_get(&|n| cpu(&n.sparse)), &|c| format!("{c:.2}")),
+        cell(nr_get(&|n| cpu(&n.heavy)), &|c| format!("{c:.1}")),
+        ratio(cpu(&op.sparse), nr_get(&|n| cpu(&n.sparse))),
+    );
+    let _ = writeln!(
+        s,
+        "| idle CPU over {:.1} s with no readings | — | {} | {} | — | — |",
+        o.idle_secs,
+        cell(op.idle_cpu_pct, &|p| format!("{p:.2} %")),
+        cell(nr_get(&|n| n.idle_cpu_pct), &|p| format!("{p:.2} %")),
+    );
+    let _ = writeln!(
+        s,
+        "| startup: process start to `online` upstream and subscribed locally | — | {} | {} | — | — |",
+        ms(op.startup),
+        ms(nr.and_then(|n| n.startup)),
+    );
+    let _ = writeln!(
+        s,
+        "| alerts on disk before they are published | — | yes (sled, `flush = \"always\"`) | no (in memory) | — | — |"
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Details:");
+    let _ = writeln!(s);
+    let mut detail = |name: &str, r: Option<&Run>| {
+        if let Some(r) = r {
+            let _ = writeln!(
+                s,
+                "- {name}: {} readings in {:.2} s (generator done after {:.2} s), {}/{} alerts, done = {}{}{}",
+                thousands(r.readings as f64),
+                r.secs,
+                r.publish_secs,
+                r.alerts_received,
+                r.alerts_expected,
+                r.done_by,
+                if r.complete { "" } else { ", INCOMPLETE" },
+                match (r.waiting_at_stop, r.clean_stop) {
+                    (Some(w), true) => format!(", {w} alerts left in the outbox at SIGTERM"),
+                    (_, false) => ", did not stop cleanly".to_string(),
+                    _ => String::new(),
+                }
+            );
+        }
+    };
+    for (i, l) in limits.iter().enumerate() {
+        detail(&format!("limit #{}", i + 1), Some(l));
+    }
+    for (g, label) in [(Some(op), "outpost"), (nr, "Node-RED")] {
+        if let Some(g) = g {
+            detail(&format!("{label}, 1 %"), g.sparse.as_ref());
+            detail(&format!("{label}, alert-heavy"), g.heavy.as_ref());
+            detail(&format!("{label}, latency"), g.latency.as_ref());
+        }
+    }
+    if limit.is_some() || op.sparse.is_some() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Targets:");
+        let _ = writeln!(s);
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        if let (Some(l), Some(r)) = (limit, rps(&op.sparse)) {
+            let _ = writeln!(
+                s,
+                "- readings/s ≥ 0.8 × limit: {:.2} × ({})",
+                r / l,
+                verdict(r / l >= 0.8)
+            );
+        }
+        if let Some(k) = rss(&op.sparse).into_iter().chain(rss(&op.heavy)).max() {
+            let _ = writeln!(
+                s,
+                "- peak RSS ≤ 20 MiB: {} ({})",
+                mib(Some(k)),
+                verdict(k <= 20 * 1024)
+            );
+        }
+        if let (Some(a), Some(b)) = (aps(&op.heavy), nr_get(&|n| aps(&n.heavy))) {
+            let _ = writeln!(
+                s,
+                "- alert-heavy ≥ 3 × Node-RED: {:.2} × ({})",
+                a / b,
+                verdict(a / b >= 3.0)
+            );
+        }
+        if let Some(p) = pct(&op.latency, 0.99) {
+            let _ = writeln!(
+                s,
+                "- p99 latency < 10 ms at {} readings/s: {} ({})",
+                thousands(o.rate),
+                ms(Some(p)),
+                verdict(p < Duration::from_millis(10))
+            );
+        }
+    }
+    if !errors.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Errors:");
+        for e in errors {
+            let _ = writeln!(s, "- {e}");
+        }
+    }
+    s
+}
