@@ -16,8 +16,14 @@ use crate::workload::{ABOVE, CLEAR};
 
 #[derive(Clone, Debug)]
 pub enum Kind {
-    Outpost { bin: PathBuf },
-    NodeRed { dir: PathBuf },
+    /// `flush` is `outbox.flush` ("always" for the benchmark).
+    Outpost {
+        bin: PathBuf,
+        flush: String,
+    },
+    NodeRed {
+        dir: PathBuf,
+    },
 }
 
 impl Kind {
@@ -99,14 +105,14 @@ impl Gateway {
         let d = dir.path();
         let log = File::create(d.join("gateway.log")).map_err(|e| e.to_string())?;
         let (mut cmd, http_port) = match kind {
-            Kind::Outpost { bin } => {
+            Kind::Outpost { bin, flush } => {
                 let http = free_port()?;
                 write(
                     &d.join("outpost.toml"),
                     &format!(
                         "[gateway]\nid = \"bench\"\nstate_dir = \"state\"\nrules = [\"rules.toml\"]\n\n\
                          [upstream]\nurl = \"mqtt://127.0.0.1:{up_port}\"\nkeep_alive = \"30s\"\n\n\
-                         [outbox]\nflush = \"always\"\n\n\
+                         [outbox]\nflush = \"{flush}\"\n\n\
                          [http]\nlisten = \"127.0.0.1:{http}\"\n\n\
                          [[mqtt]]\nname = \"local\"\nurl = \"mqtt://127.0.0.1:{local_port}\"\n\
                          topics = [\"bench/+\"]\nformat = \"json\"\nsensor = \"{{topic}}\"\n"

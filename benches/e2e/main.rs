@@ -44,9 +44,17 @@ struct Opts {
     outpost: PathBuf,
     node_red: Option<PathBuf>,
     out: Option<PathBuf>,
+    /// `outbox.flush` of outpost's config ("always" unless told).
+    flush: String,
+    /// Runs to do, of `limit`, `sparse`, `heavy`, `latency` (all by default).
+    only: Vec<String>,
 }
 
 impl Opts {
+    fn wants(&self, run: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|r| r == run)
+    }
+
     /// Lenient: `cargo test`/`cargo bench` pass their own flags (`--bench`,
     /// `--nocapture`, filters); anything not ours is ignored.
     fn parse() -> Result<Opts, String> {
@@ -63,6 +71,8 @@ impl Opts {
                 outpost: PathBuf::from(env!("CARGO_BIN_EXE_outpost")),
                 node_red: None,
                 out: None,
+                flush: "always".into(),
+                only: Vec::new(),
             }
         } else {
             Opts {
@@ -75,6 +85,8 @@ impl Opts {
                 outpost: PathBuf::from(env!("CARGO_BIN_EXE_outpost")),
                 node_red: None,
                 out: None,
+                flush: "always".into(),
+                only: Vec::new(),
             }
         };
         let mut it = args.iter();
@@ -94,6 +106,8 @@ impl Opts {
                 "--outpost" => o.outpost = PathBuf::from(value()?),
                 "--node-red" => o.node_red = Some(PathBuf::from(value()?)),
                 "--out" => o.out = Some(PathBuf::from(value()?)),
+                "--flush" => o.flush = value()?,
+                "--only" => o.only = value()?.split(',').map(str::to_string).collect(),
                 _ => {}
             }
         }
@@ -156,12 +170,16 @@ fn load() -> String {
 
 /// The bare subscriber: the same generator, the same broker, a subscriber
 /// that only counts. This is the ceiling for any gateway on this machine.
-async fn bare(w: &Workload) -> Result<Run, String> {
+///
+/// At a `rate`, it keeps what it receives to time each reading's one hop
+/// through the broker: the latency floor of this machine.
+async fn bare(w: &Workload, rate: Option<f64>) -> Result<Run, String> {
     let local = Mosquitto::start("limit")?;
+    let keep = rate.is_some();
     let sub =
-        Subscriber::connect(local.port, "bench-bare", "bench/+", QoS::AtMostOnce, false).await?;
+        Subscriber::connect(local.port, "bench-bare", "bench/+", QoS::AtMostOnce, keep).await?;
     let publisher = Publisher::connect(local.port).await?;
-    let sent = publisher.publish(w, None).await?;
+    let sent = publisher.publish(w, rate).await?;
     let complete = sub.wait_for(w.len(), Duration::from_secs(5)).await;
     let end = sub.last().unwrap_or_else(Instant::now);
     let received = sub.count();
@@ -180,7 +198,14 @@ async fn bare(w: &Workload) -> Result<Run, String> {
         peak_rss_kib: None,
         waiting_at_stop: None,
         clean_stop: true,
-        latencies: Vec::new(),
+        latencies: sub
+            .messages()
+            .iter()
+            .filter_map(|(at, payload)| {
+                let i = workload::index_of(workload::reading_value(payload)?)?;
+                Some(at.saturating_duration_since(*sent.at.get(i)?))
+            })
+            .collect(),
     })
 }
 
@@ -331,40 +356,46 @@ async fn gateway_suite(kind: &Kind, o: &Opts) -> GatewayResults {
     let mut r = GatewayResults::default();
     let label = kind.label();
     let sparse = Workload::new(o.readings, 50);
-    eprintln!(
-        "{label}: {} readings, 1 % fire ... (load {})",
-        sparse.len(),
-        load()
-    );
-    match through_gateway(kind, &sparse, None, Some(o.idle_secs)).await {
-        Ok((ready, run)) => {
-            r.startup = Some(ready.startup);
-            r.idle_cpu_pct = ready.idle_cpu_pct;
-            r.sparse = Some(run);
+    if o.wants("sparse") {
+        eprintln!(
+            "{label}: {} readings, 1 % fire ... (load {})",
+            sparse.len(),
+            load()
+        );
+        match through_gateway(kind, &sparse, None, Some(o.idle_secs)).await {
+            Ok((ready, run)) => {
+                r.startup = Some(ready.startup);
+                r.idle_cpu_pct = ready.idle_cpu_pct;
+                r.sparse = Some(run);
+            }
+            Err(e) => r.errors.push(format!("1 % run: {e}")),
         }
-        Err(e) => r.errors.push(format!("1 % run: {e}")),
     }
     let heavy = Workload::new(o.heavy, 1);
-    eprintln!(
-        "{label}: {} readings, every one alerts ... (load {})",
-        heavy.len(),
-        load()
-    );
-    match through_gateway(kind, &heavy, None, None).await {
-        Ok((_, run)) => r.heavy = Some(run),
-        Err(e) => r.errors.push(format!("alert-heavy run: {e}")),
+    if o.wants("heavy") {
+        eprintln!(
+            "{label}: {} readings, every one alerts ... (load {})",
+            heavy.len(),
+            load()
+        );
+        match through_gateway(kind, &heavy, None, None).await {
+            Ok((_, run)) => r.heavy = Some(run),
+            Err(e) => r.errors.push(format!("alert-heavy run: {e}")),
+        }
     }
     let n = (o.latency_secs * o.rate) as usize;
     let lat = Workload::new(n, 5);
-    eprintln!(
-        "{label}: latency, {} readings at {}/s, 10 % alert ... (load {})",
-        lat.len(),
-        o.rate,
-        load()
-    );
-    match through_gateway(kind, &lat, Some(o.rate), None).await {
-        Ok((_, run)) => r.latency = Some(run),
-        Err(e) => r.errors.push(format!("latency run: {e}")),
+    if o.wants("latency") {
+        eprintln!(
+            "{label}: latency, {} readings at {}/s, 10 % alert ... (load {})",
+            lat.len(),
+            o.rate,
+            load()
+        );
+        match through_gateway(kind, &lat, Some(o.rate), None).await {
+            Ok((_, run)) => r.latency = Some(run),
+            Err(e) => r.errors.push(format!("latency run: {e}")),
+        }
     }
     r
 }
@@ -399,18 +430,34 @@ async fn run(o: Opts) -> ExitCode {
     let limit_w = Workload::new(o.readings, 50);
     let mut limits = Vec::new();
     let mut errors = Vec::new();
-    eprintln!(
-        "limit: bare subscriber, {} readings ... (load {})",
-        limit_w.len(),
-        load()
-    );
-    match bare(&limit_w).await {
-        Ok(r) => limits.push(r),
-        Err(e) => errors.push(format!("limit: {e}")),
+    if o.wants("limit") {
+        eprintln!(
+            "limit: bare subscriber, {} readings ... (load {})",
+            limit_w.len(),
+            load()
+        );
+        match bare(&limit_w, None).await {
+            Ok(r) => limits.push(r),
+            Err(e) => errors.push(format!("limit: {e}")),
+        }
+    }
+    let mut limit_latency = None;
+    if o.wants("latency") {
+        let lat = Workload::new((o.latency_secs * o.rate) as usize, 5);
+        eprintln!(
+            "limit: latency of one broker hop at {}/s ... (load {})",
+            o.rate,
+            load()
+        );
+        match bare(&lat, Some(o.rate)).await {
+            Ok(r) => limit_latency = Some(r),
+            Err(e) => errors.push(format!("limit latency: {e}")),
+        }
     }
     let outpost = gateway_suite(
         &Kind::Outpost {
             bin: o.outpost.clone(),
+            flush: o.flush.clone(),
         },
         &o,
     )
@@ -419,10 +466,12 @@ async fn run(o: Opts) -> ExitCode {
         Some(dir) => Some(gateway_suite(&Kind::NodeRed { dir: dir.clone() }, &o).await),
         None => None,
     };
-    eprintln!("limit again ... (load {})", load());
-    match bare(&limit_w).await {
-        Ok(r) => limits.push(r),
-        Err(e) => errors.push(format!("limit: {e}")),
+    if o.wants("limit") {
+        eprintln!("limit again ... (load {})", load());
+        match bare(&limit_w, None).await {
+            Ok(r) => limits.push(r),
+            Err(e) => errors.push(format!("limit: {e}")),
+        }
     }
     let load_after = load();
     errors.extend(outpost.errors.iter().map(|e| format!("outpost {e}")));
@@ -432,6 +481,7 @@ async fn run(o: Opts) -> ExitCode {
     let report = report(
         &o,
         &limits,
+        limit_latency.as_ref(),
         &outpost,
         node_red.as_ref(),
         &load_before,
@@ -454,7 +504,7 @@ async fn run(o: Opts) -> ExitCode {
         .iter()
         .all(|r| {
             r.as_ref()
-                .is_some_and(|r| r.complete && r.waiting_at_stop.unwrap_or(0) == 0)
+                .is_none_or(|r| r.complete && r.waiting_at_stop.unwrap_or(0) == 0)
         });
     if errors.is_empty() && outpost_ok && limits.iter().all(|l| l.complete) {
         ExitCode::SUCCESS
@@ -469,7 +519,7 @@ fn thousands(x: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -539,6 +589,7 @@ fn versions(o: &Opts) -> String {
 fn report(
     o: &Opts,
     limits: &[Run],
+    limit_latency: Option<&Run>,
     op: &GatewayResults,
     nr: Option<&GatewayResults>,
     load_before: &str,
@@ -600,8 +651,10 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "| reading → alert latency p50 / p99 at {} readings/s (10 % alert) | — | {} / {} | {} / {} | — | — |",
+        "| latency p50 / p99 at {} readings/s, 10 % alert: publish → alert upstream (limit: publish → reading, one broker hop) | {} / {} | {} / {} | {} / {} | — | — |",
         thousands(o.rate),
+        ms(limit_latency.and_then(|r| r.percentile(0.5))),
+        ms(limit_latency.and_then(|r| r.percentile(0.99))),
         ms(pct(&op.latency, 0.5)),
         ms(pct(&op.latency, 0.99)),
         ms(nr.and_then(|n| pct(&n.latency, 0.5))),
@@ -650,9 +703,21 @@ fn report(
     let _ = writeln!(s);
     let mut detail = |name: &str, r: Option<&Run>| {
         if let Some(r) = r {
+            let lat = if r.latencies.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; latency p50 {} p90 {} p99 {} max {} ({} samples)",
+                    ms(r.percentile(0.5)),
+                    ms(r.percentile(0.9)),
+                    ms(r.percentile(0.99)),
+                    ms(r.percentile(1.0)),
+                    r.latencies.len()
+                )
+            };
             let _ = writeln!(
                 s,
-                "- {name}: {} readings in {:.2} s (generator done after {:.2} s), {}/{} alerts, done = {}{}{}",
+                "- {name}: {} readings in {:.2} s (generator done after {:.2} s), {}/{} alerts, done = {}{}{}{lat}",
                 thousands(r.readings as f64),
                 r.secs,
                 r.publish_secs,
@@ -671,6 +736,7 @@ fn report(
     for (i, l) in limits.iter().enumerate() {
         detail(&format!("limit #{}", i + 1), Some(l));
     }
+    detail("limit, latency", limit_latency);
     for (g, label) in [(Some(op), "outpost"), (nr, "Node-RED")] {
         if let Some(g) = g {
             detail(&format!("{label}, 1 %"), g.sparse.as_ref());

@@ -47,7 +47,7 @@ impl Workload {
             // Staggered so that sensors do not all flip on the same round;
             // `period = 1` alerts on every reading, the first included.
             let mut hot = if period == 1 {
-                k % 2 == 0
+                k.is_multiple_of(2)
             } else {
                 ((k + s) / period) % 2 == 1
             };
@@ -84,4 +84,10 @@ pub fn index_of(value: f64) -> Option<usize> {
 pub fn alert_value(payload: &[u8]) -> Option<f64> {
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
     v.get("value")?.as_f64()
+}
+
+/// The `temperature` field of a reading payload.
+pub fn reading_value(payload: &[u8]) -> Option<f64> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    v.get("temperature")?.as_f64()
 }
