@@ -128,6 +128,10 @@ impl Mosquitto {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         let d = self.dir.path();
         let log = fs::read_to_string(d.join("mosquitto.log")).unwrap_or_default();

@@ -17,9 +17,11 @@ use crate::workload::{ABOVE, CLEAR};
 #[derive(Clone, Debug)]
 pub enum Kind {
     /// `flush` is `outbox.flush` ("always" for the benchmark).
+    /// `rust_log`, when set, is outpost's `RUST_LOG` (default: its own `info`).
     Outpost {
         bin: PathBuf,
         flush: String,
+        rust_log: Option<String>,
     },
     NodeRed {
         dir: PathBuf,
@@ -105,7 +107,11 @@ impl Gateway {
         let d = dir.path();
         let log = File::create(d.join("gateway.log")).map_err(|e| e.to_string())?;
         let (mut cmd, http_port) = match kind {
-            Kind::Outpost { bin, flush } => {
+            Kind::Outpost {
+                bin,
+                flush,
+                rust_log,
+            } => {
                 let http = free_port()?;
                 write(
                     &d.join("outpost.toml"),
@@ -131,6 +137,9 @@ impl Gateway {
                     .arg(d.join("outpost.toml"))
                     .env_remove("RUST_LOG")
                     .env_remove("OUTPOST_CONFIG");
+                if let Some(l) = rust_log {
+                    cmd.env("RUST_LOG", l);
+                }
                 (cmd, Some(http))
             }
             Kind::NodeRed { dir: install } => {

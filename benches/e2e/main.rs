@@ -46,6 +46,8 @@ struct Opts {
     out: Option<PathBuf>,
     /// `outbox.flush` of outpost's config ("always" unless told).
     flush: String,
+    /// outpost's `RUST_LOG`, for experiments (default: unset, so `info`).
+    rust_log: Option<String>,
     /// Runs to do, of `limit`, `sparse`, `heavy`, `latency` (all by default).
     only: Vec<String>,
 }
@@ -72,6 +74,7 @@ impl Opts {
                 node_red: None,
                 out: None,
                 flush: "always".into(),
+                rust_log: None,
                 only: Vec::new(),
             }
         } else {
@@ -86,6 +89,7 @@ impl Opts {
                 node_red: None,
                 out: None,
                 flush: "always".into(),
+                rust_log: None,
                 only: Vec::new(),
             }
         };
@@ -107,6 +111,7 @@ impl Opts {
                 "--node-red" => o.node_red = Some(PathBuf::from(value()?)),
                 "--out" => o.out = Some(PathBuf::from(value()?)),
                 "--flush" => o.flush = value()?,
+                "--rust-log" => o.rust_log = Some(value()?),
                 "--only" => o.only = value()?.split(',').map(str::to_string).collect(),
                 _ => {}
             }
@@ -132,6 +137,10 @@ struct Run {
     waiting_at_stop: Option<u64>,
     clean_stop: bool,
     latencies: Vec<Duration>,
+    /// CPU seconds of the brokers and of this process (generator and
+    /// subscribers) over the same span: where the rest of the machine went.
+    brokers_cpu: Option<f64>,
+    bench_cpu: Option<f64>,
 }
 
 impl Run {
@@ -198,6 +207,8 @@ async fn bare(w: &Workload, rate: Option<f64>) -> Result<Run, String> {
         peak_rss_kib: None,
         waiting_at_stop: None,
         clean_stop: true,
+        brokers_cpu: None,
+        bench_cpu: None,
         latencies: sub
             .messages()
             .iter()
@@ -277,6 +288,13 @@ async fn through_gateway(
         None => None,
     };
 
+    let others = || {
+        let brokers = gateway::cpu_seconds(local.pid())
+            .zip(gateway::cpu_seconds(up.pid()))
+            .map(|(a, b)| a + b);
+        (brokers, gateway::cpu_seconds(std::process::id()))
+    };
+    let others0 = others();
     let cpu0 = gw.cpu_seconds();
     let sent = publisher.publish(w, rate).await?;
     let stall = Duration::from_secs(20);
@@ -304,6 +322,7 @@ async fn through_gateway(
         }
     }
     let cpu1 = gw.cpu_seconds();
+    let others1 = others();
     let peak_rss_kib = gw.peak_rss_kib();
     let received = alerts.count();
     let stopped = gw.stop();
@@ -337,6 +356,8 @@ async fn through_gateway(
         waiting_at_stop: stopped.waiting,
         clean_stop: stopped.clean,
         latencies,
+        brokers_cpu: others0.0.zip(others1.0).map(|(a, b)| b - a),
+        bench_cpu: others0.1.zip(others1.1).map(|(a, b)| b - a),
     };
     Ok((
         Ready {
@@ -458,6 +479,7 @@ async fn run(o: Opts) -> ExitCode {
         &Kind::Outpost {
             bin: o.outpost.clone(),
             flush: o.flush.clone(),
+            rust_log: o.rust_log.clone(),
         },
         &o,
     )
@@ -715,9 +737,16 @@ fn report(
                     r.latencies.len()
                 )
             };
+            let cpu = match (r.cpu_secs, r.brokers_cpu, r.bench_cpu) {
+                (Some(g), Some(b), Some(me)) => format!(
+                    "; CPU s: gateway {g:.2}, brokers {b:.2}, generator + subscribers {me:.2} (of {:.2} available)",
+                    r.secs * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+                ),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 s,
-                "- {name}: {} readings in {:.2} s (generator done after {:.2} s), {}/{} alerts, done = {}{}{}{lat}",
+                "- {name}: {} readings in {:.2} s (generator done after {:.2} s), {}/{} alerts, done = {}{}{}{cpu}{lat}",
                 thousands(r.readings as f64),
                 r.secs,
                 r.publish_secs,
