@@ -8,15 +8,23 @@
 //! 1. a fresh client and event loop (so no request queued for a dead
 //!    connection can slip into the next one and confuse the pkid mapping),
 //!    `clean_session = true`, last will `offline` retained on `{prefix}/status`;
-//! 2. on ConnAck: `online` retained, then alerts from the outbox in seq order,
-//!    starting from the oldest unacknowledged, at most [`WINDOW`] in flight,
-//!    never past the last durable seq the outbox writer announced;
-//! 3. on PUBACK: the alert it acknowledges leaves the outbox;
+//! 2. on ConnAck: `online` retained, the health (retained), pending outbox
+//!    events, then alerts from the outbox in seq order, starting from the
+//!    oldest unacknowledged, at most [`WINDOW`] in flight, never past the
+//!    last durable seq the outbox writer announced;
+//! 3. on PUBACK: the alert (or event) it acknowledges leaves the outbox;
 //! 4. on any error: the connection is dropped, and the next attempt waits a
 //!    capped, jittered backoff: no busy loop while the broker is down.
 //!
 //! A link that accepts bytes but never acknowledges is cut after
-//! [`stall_timeout`], so it cannot hold the outbox forever.
+//! [`stall_timeout`], so it cannot hold the outbox forever; an idle
+//! half-open link is caught by the keep-alive (no PINGRESP in time).
+//!
+//! `{topic_prefix}/health` (retained) is published on connect, every
+//! [`HEALTH_EVERY`], and within a second of a change worth telling
+//! ([`Health::signature`]). `{topic_prefix}/events` carries the outbox's
+//! pending events (drops, purges, a replaced database), each removed from
+//! the outbox on its PUBACK, so a link lost before it loses no event.
 
 pub mod ack;
 
@@ -34,13 +42,19 @@ use crate::alert::Alert;
 use crate::backoff::{Backoff, jitter};
 use crate::config::UpstreamConfig;
 use crate::connect::mqtt_options;
+use crate::health::Health;
 use crate::outbox::Outbox;
+use crate::outbox::event::event_id;
 use crate::telemetry::Telemetry;
 use crate::topic;
 use ack::{AckTracker, Tag};
 
 /// Alerts in flight at once. Duplicates after a reconnect are at most this many.
 pub const WINDOW: usize = 64;
+/// Outbox events in flight at once.
+pub const EVENTS_WINDOW: usize = 8;
+/// How often the health is refreshed when nothing changed.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(60);
 /// How long shutdown waits for in-flight publishes.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -50,6 +64,8 @@ pub fn stall_timeout(keep_alive: Duration) -> Duration {
 }
 
 pub struct Upstream {
+    /// The gateway id, for event and health payloads.
+    pub gateway: String,
     pub cfg: UpstreamConfig,
     pub outbox: Arc<Outbox>,
     /// Highest seq that may be published (durable under the flush policy).
@@ -65,6 +81,71 @@ enum End {
 impl Upstream {
     fn status_topic(&self) -> String {
         topic::gateway_topic(&self.cfg.topic_prefix, "status")
+    }
+
+    fn health(&self) -> Health {
+        Health::gather(
+            &self.gateway,
+            &self.telemetry,
+            &self.outbox.stats(),
+            crate::reading::wall_ms(),
+        )
+    }
+
+    /// Publishes the health (retained); returns its signature when handed over.
+    fn publish_health(&self, client: &AsyncClient, tracker: &mut AckTracker) -> Option<Vec<u64>> {
+        let h = self.health();
+        let t = topic::gateway_topic(&self.cfg.topic_prefix, "health");
+        client
+            .try_publish(t, QoS::AtLeastOnce, true, h.to_payload())
+            .ok()?;
+        tracker.sent(Tag::Other);
+        Some(h.signature())
+    }
+
+    /// Hands pending outbox events to the client (at most [`EVENTS_WINDOW`]).
+    fn send_events(
+        &self,
+        client: &AsyncClient,
+        tracker: &mut AckTracker,
+        in_flight: &mut std::collections::BTreeSet<u64>,
+    ) {
+        if self.outbox.events_pending() <= in_flight.len() as u64
+            || in_flight.len() >= EVENTS_WINDOW
+        {
+            return;
+        }
+        let events = match self.outbox.events_to_publish() {
+            Ok(e) => e,
+            Err(e) => {
+                Telemetry::bump(&self.telemetry.outbox_errors);
+                warn!(error = %e, "cannot read the outbox events");
+                return;
+            }
+        };
+        let t = topic::gateway_topic(&self.cfg.topic_prefix, "events");
+        for (n, ev) in events {
+            if in_flight.len() >= EVENTS_WINDOW {
+                return;
+            }
+            if in_flight.contains(&n) {
+                continue;
+            }
+            let id = event_id(&self.gateway, self.outbox.db_id(), n);
+            if client
+                .try_publish(
+                    t.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    ev.to_payload(&id, &self.gateway),
+                )
+                .is_err()
+            {
+                return;
+            }
+            tracker.sent(Tag::Event(n));
+            in_flight.insert(n);
+        }
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -88,7 +169,7 @@ impl Upstream {
                 QoS::AtLeastOnce,
                 true,
             ));
-            opts.set_inflight(u16::try_from(WINDOW + 8).unwrap_or(u16::MAX));
+            opts.set_inflight(u16::try_from(WINDOW + EVENTS_WINDOW + 8).unwrap_or(u16::MAX));
             let (client, eventloop) = AsyncClient::new(opts, WINDOW + 16);
             match self.session(client, eventloop, &cancel).await {
                 End::Shutdown => return,
@@ -123,6 +204,9 @@ impl Upstream {
     ) -> End {
         let mut tracker = AckTracker::new();
         let mut cursor: Option<u64> = None;
+        let mut events_in_flight = std::collections::BTreeSet::new();
+        let mut health_sig: Option<Vec<u64>> = None;
+        let mut last_health = Instant::now();
         let mut connected = false;
         let mut draining: Option<Instant> = None;
         let mut durable_open = true;
@@ -150,6 +234,8 @@ impl Upstream {
                         {
                             tracker.sent(Tag::Other);
                         }
+                        health_sig = self.publish_health(&client, &mut tracker);
+                        last_health = Instant::now();
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         if let Err(e) = tracker.outgoing(pkid) {
@@ -157,15 +243,23 @@ impl Upstream {
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(Tag::Alert(seq)) = tracker.puback(ack.pkid) {
-                            last_ack = Instant::now();
-                            match self.outbox.ack(seq) {
+                        last_ack = Instant::now();
+                        match tracker.puback(ack.pkid) {
+                            Some(Tag::Alert(seq)) => match self.outbox.ack(seq) {
                                 Ok(_) => Telemetry::bump(&self.telemetry.alerts_acked),
                                 Err(e) => {
                                     Telemetry::bump(&self.telemetry.outbox_errors);
                                     warn!(seq, error = %e, "cannot remove acknowledged alert from the outbox; it will be sent again");
                                 }
+                            },
+                            Some(Tag::Event(n)) => {
+                                events_in_flight.remove(&n);
+                                if let Err(e) = self.outbox.ack_event(n) {
+                                    Telemetry::bump(&self.telemetry.outbox_errors);
+                                    warn!(event = n, error = %e, "cannot remove an acknowledged event from the outbox; it will be sent again");
+                                }
                             }
+                            Some(Tag::Other) | None => {}
                         }
                     }
                     Ok(_) => {}
@@ -177,8 +271,17 @@ impl Upstream {
                     }
                 }
                 _ = tick.tick() => {
-                    if connected && tracker.alerts_in_flight() > 0 && last_ack.elapsed() > stall {
-                        return End::Lost { connected, reason: format!("no PUBACK for {stall:?} with alerts in flight") };
+                    if connected && tracker.in_flight() > 0 && last_ack.elapsed() > stall {
+                        return End::Lost { connected, reason: format!("no PUBACK for {stall:?} with publishes in flight") };
+                    }
+                    if connected && draining.is_none() {
+                        let h = self.health();
+                        if last_health.elapsed() >= HEALTH_EVERY || health_sig.as_ref() != Some(&h.signature()) {
+                            if let Some(sig) = self.publish_health(&client, &mut tracker) {
+                                health_sig = Some(sig);
+                                last_health = Instant::now();
+                            }
+                        }
                     }
                 }
             }
@@ -188,6 +291,7 @@ impl Upstream {
                     return End::Shutdown;
                 }
             } else if connected {
+                self.send_events(&client, &mut tracker, &mut events_in_flight);
                 self.fill(&client, &mut tracker, &mut cursor);
             }
         }
