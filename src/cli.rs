@@ -33,6 +33,19 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate the configuration and every rules file it names.
     Check(ConfigArg),
+    /// Inspect or empty the outbox of a stopped gateway.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Print the waiting alerts as a table, then the counters and pending events.
+    List(ConfigArg),
+    /// Print the waiting alerts as JSON lines: the payloads as they will be published.
+    Export(ConfigArg),
+    /// Remove every waiting alert (recorded as a `purged` event); prints how many.
+    Purge(ConfigArg),
 }
 
 pub const EXIT_OK: u8 = 0;
@@ -44,6 +57,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Check(a) => check(&a.config),
         Command::Run(a) => run(&a.config),
+        Command::Outbox(c) => crate::outbox::cli::run(c),
     };
     ExitCode::from(code)
 }

@@ -23,6 +23,10 @@ fn draft(i: u64, severity: Severity) -> AlertDraft {
     }
 }
 
+pub(super) fn draft_for_cli(i: u64) -> AlertDraft {
+    draft(i, Severity::Warning)
+}
+
 fn open(dir: &Path) -> Outbox {
     Outbox::open(dir).expect("open").0
 }
