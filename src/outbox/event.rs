@@ -96,22 +96,12 @@ impl Ranges {
             _ => self.ranges.insert(i, [seq, seq]),
         }
         // The range at i may now touch the next one.
-        if let (Some(a), Some(b)) = (self.ranges.get(i), self.ranges.get(i + 1)) {
-            if a[1].saturating_add(1) >= b[0] {
-                let end = a[1].max(b[1]);
-                self.ranges[i][1] = end;
-                self.ranges.remove(i + 1);
-            }
-        }
-        // ...or the previous one.
-        if i > 0 {
-            if let (Some(a), Some(b)) = (self.ranges.get(i - 1), self.ranges.get(i)) {
-                if a[1].saturating_add(1) >= b[0] {
-                    let end = a[1].max(b[1]);
-                    self.ranges[i - 1][1] = end;
-                    self.ranges.remove(i);
-                }
-            }
+        if let (Some(a), Some(b)) = (self.ranges.get(i), self.ranges.get(i + 1))
+            && a[1].saturating_add(1) >= b[0]
+        {
+            let end = a[1].max(b[1]);
+            self.ranges[i][1] = end;
+            self.ranges.remove(i + 1);
         }
         while self.ranges.len() > MAX_RANGES {
             self.merge_closest();

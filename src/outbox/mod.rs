@@ -264,6 +264,15 @@ fn u64_value(v: Option<sled::IVec>) -> Option<u64> {
     Some(u64::from_be_bytes(b))
 }
 
+/// What an eviction changes in memory once its batch is applied.
+#[derive(Debug, Default)]
+struct Effects {
+    counts: BySeverity,
+    freed: u64,
+    /// The next event number, when a new event was started.
+    new_event: Option<u64>,
+}
+
 /// One alert chosen for eviction.
 #[derive(Debug, Clone, Copy)]
 struct Victim {
@@ -423,7 +432,7 @@ impl Outbox {
         let mut st = self.lock();
         let mut batch = sled::Batch::default();
         let mut alerts = Vec::with_capacity(drafts.len());
-        let mut added = 0u64;
+        let mut fresh = Vec::with_capacity(drafts.len());
         let mut seq = st.next_seq;
         for d in drafts {
             let alert = Alert::new(d, gateway, &self.db_id, seq);
@@ -438,10 +447,15 @@ impl Outbox {
                 reason: e.to_string(),
             })?;
             let len = (value.len() - HEADER) as u64;
-            added += len;
             batch.insert(&seq_key(seq), value);
             let len32 = u32::try_from(len).unwrap_or(u32::MAX);
             batch.insert(&index_key(d.severity, seq), &len32.to_be_bytes());
+            fresh.push(Victim {
+                seq,
+                severity: d.severity,
+                len,
+                reason: DropReason::MaxBytes,
+            });
             alerts.push(alert);
             seq += 1;
         }
@@ -449,41 +463,61 @@ impl Outbox {
         if let Some(state) = rules_state {
             batch.insert(RULES_STATE, state);
         }
+        // The bound is enforced in the same batch: no moment, on disk or in
+        // the counters, holds more than max_bytes.
+        let added: u64 = fresh.iter().map(|v| v.len).sum();
+        let victims = self.over_bytes(&st, added, &fresh)?;
+        let effects = self.evict_into(&mut batch, &st, &victims, now_ms)?;
         self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
         st.next_seq = seq;
-        self.depth.fetch_add(drafts.len() as u64, Ordering::Relaxed);
-        self.bytes.fetch_add(added, Ordering::Relaxed);
-        self.enforce_bytes(&mut st, now_ms)?;
+        // Net changes, one update each: readers never see the pre-eviction bytes.
+        add_signed(&self.depth, drafts.len() as u64, victims.len() as u64);
+        add_signed(&self.bytes, added, effects.freed);
+        self.applied(&mut st, effects, &victims);
         Ok(alerts)
     }
 
-    /// Drops alerts while the payload bytes exceed `max_bytes`: info, then
-    /// warning, then critical, oldest first within each.
-    fn enforce_bytes(&self, st: &mut State, now_ms: i64) -> Result<u64, OutboxError> {
-        let max = st.bounds.max_bytes;
-        let mut over = self.bytes().saturating_sub(max);
-        if over == 0 {
-            return Ok(0);
-        }
+    /// What to drop so that the stored bytes plus `added` (the `fresh`
+    /// alerts about to be stored) fit `max_bytes`: info, then warning, then
+    /// critical; oldest first within each (fresh ones are the newest).
+    fn over_bytes(
+        &self,
+        st: &State,
+        added: u64,
+        fresh: &[Victim],
+    ) -> Result<Vec<Victim>, OutboxError> {
+        let mut over = (self.bytes() + added).saturating_sub(st.bounds.max_bytes);
         let mut victims = Vec::new();
-        'all: for sev in SEVERITIES {
-            for kv in self.tree.scan_prefix([INDEX, severity_byte(sev)]) {
-                let (k, v) = kv.map_err(OutboxError::Write)?;
-                let Some(seq) = key_seq(&k) else { continue };
-                let len = u64::from(u32_value(&v));
-                victims.push(Victim {
-                    seq,
-                    severity: sev,
-                    len,
-                    reason: DropReason::MaxBytes,
+        if over == 0 {
+            return Ok(victims);
+        }
+        for sev in SEVERITIES {
+            let stored = self
+                .tree
+                .scan_prefix([INDEX, severity_byte(sev)])
+                .map(|kv| {
+                    let (k, v) = kv.map_err(OutboxError::Write)?;
+                    Ok(key_seq(&k).map(|seq| Victim {
+                        seq,
+                        severity: sev,
+                        len: u64::from(u32_value(&v)),
+                        reason: DropReason::MaxBytes,
+                    }))
                 });
-                over = over.saturating_sub(len.max(1));
+            let new = fresh
+                .iter()
+                .filter(|v| v.severity == sev)
+                .map(|v| Ok(Some(*v)));
+            for v in stored.chain(new) {
+                let Some(v) = v? else { continue };
+                victims.push(v);
+                over = over.saturating_sub(v.len.max(1));
                 if over == 0 {
-                    break 'all;
+                    return Ok(victims);
                 }
             }
         }
-        self.evict(st, &victims, now_ms)
+        Ok(victims)
     }
 
     /// Drops alerts created more than `max_age` before `now_ms`, oldest
@@ -514,33 +548,48 @@ impl Outbox {
                 reason: DropReason::MaxAge,
             });
         }
-        self.evict(&mut st, &victims, now_ms)
-    }
-
-    /// Removes `victims`, counts them, and records them in the open
-    /// `dropped` event: one batch.
-    fn evict(&self, st: &mut State, victims: &[Victim], now_ms: i64) -> Result<u64, OutboxError> {
         if victims.is_empty() {
             return Ok(0);
         }
-        let ts = rfc3339_ms(now_ms);
         let mut batch = sled::Batch::default();
-        // Merge into the newest event if it is an unsealed `dropped` one.
+        let effects = self.evict_into(&mut batch, &st, &victims, now_ms)?;
+        self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
+        self.depth
+            .fetch_sub(victims.len() as u64, Ordering::Relaxed);
+        self.bytes.fetch_sub(effects.freed, Ordering::Relaxed);
+        self.applied(&mut st, effects, &victims);
+        Ok(victims.len() as u64)
+    }
+
+    /// Adds to `batch` the removal of `victims`, the advanced drop counters
+    /// and the `dropped` event that reports them (merged into the newest
+    /// event when that one is an unsealed `dropped` one).
+    fn evict_into(
+        &self,
+        batch: &mut sled::Batch,
+        st: &State,
+        victims: &[Victim],
+        now_ms: i64,
+    ) -> Result<Effects, OutboxError> {
+        let mut fx = Effects::default();
+        if victims.is_empty() {
+            return Ok(fx);
+        }
+        let ts = rfc3339_ms(now_ms);
         let (n, mut ev, new) = match self.last_event()? {
             Some((n, e @ OutboxEvent::Dropped { .. })) if n >= st.sealed_below => (n, e, false),
             _ => (st.next_event, OutboxEvent::dropped(ts.clone()), true),
         };
-        let mut counts = BySeverity::default();
-        let mut freed = 0;
         for v in victims {
+            // Removes override inserts of the same key earlier in the batch.
             batch.remove(&seq_key(v.seq));
             batch.remove(&index_key(v.severity, v.seq));
-            counts.add(v.severity, 1);
-            freed += v.len;
+            fx.counts.add(v.severity, 1);
+            fx.freed += v.len;
             ev.add_drop(v.seq, v.severity, v.reason, &ts);
         }
         for s in SEVERITIES {
-            let c = counts.get(s);
+            let c = fx.counts.get(s);
             if c > 0 {
                 let total = self.dropped[sev_index(s)].load(Ordering::Relaxed) + c;
                 batch.insert(dropped_key(s), &total.to_be_bytes());
@@ -549,26 +598,33 @@ impl Outbox {
         batch.insert(&event_key(n), event_bytes(&ev));
         if new {
             batch.insert(NEXT_EVENT, &(n + 1).to_be_bytes());
+            fx.new_event = Some(n + 1);
         }
-        self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
-        if new {
-            st.next_event = n + 1;
+        Ok(fx)
+    }
+
+    /// The in-memory side of an applied eviction (but depth and bytes,
+    /// which the caller updates), and its (rate-limited) log line.
+    fn applied(&self, st: &mut State, fx: Effects, victims: &[Victim]) {
+        if victims.is_empty() {
+            return;
+        }
+        if let Some(next) = fx.new_event {
+            st.next_event = next;
             self.events.fetch_add(1, Ordering::Relaxed);
         }
         for s in SEVERITIES {
-            self.dropped[sev_index(s)].fetch_add(counts.get(s), Ordering::Relaxed);
+            self.dropped[sev_index(s)].fetch_add(fx.counts.get(s), Ordering::Relaxed);
         }
-        let n_dropped = victims.len() as u64;
-        self.depth.fetch_sub(n_dropped, Ordering::Relaxed);
-        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        let n = victims.len() as u64;
         if let Some(suppressed) = st.drop_log.check(Instant::now()) {
             let first = victims.iter().map(|v| v.seq).min().unwrap_or(0);
             let last = victims.iter().map(|v| v.seq).max().unwrap_or(0);
             warn!(
-                dropped = n_dropped,
-                info = counts.info,
-                warning = counts.warning,
-                critical = counts.critical,
+                dropped = n,
+                info = fx.counts.info,
+                warning = fx.counts.warning,
+                critical = fx.counts.critical,
                 first,
                 last,
                 reason = ?victims[0].reason,
@@ -576,7 +632,6 @@ impl Outbox {
                 "outbox bound reached: alerts dropped (reported on the events topic)"
             );
         }
-        Ok(n_dropped)
     }
 
     fn last_event(&self) -> Result<Option<(u64, OutboxEvent)>, OutboxError> {
@@ -802,6 +857,15 @@ impl Outbox {
 
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+/// `counter += plus - minus`, as one atomic update.
+fn add_signed(counter: &AtomicU64, plus: u64, minus: u64) {
+    if plus >= minus {
+        counter.fetch_add(plus - minus, Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(minus - plus, Ordering::Relaxed);
     }
 }
 

@@ -28,7 +28,22 @@ pub(super) fn draft_for_cli(i: u64) -> AlertDraft {
 }
 
 fn open(dir: &Path) -> Outbox {
-    Outbox::open(dir).expect("open").0
+    open_full(dir).0
+}
+
+fn open_full(dir: &Path) -> (Outbox, Option<OpenEvent>) {
+    // sled's background threads can hold the file lock a moment after the
+    // previous handle in this process was dropped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Outbox::open(dir) {
+            Ok(r) => return r,
+            Err(OutboxError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("open: {e}"),
+        }
+    }
 }
 
 fn seqs(o: &Outbox) -> Vec<u64> {
@@ -150,7 +165,7 @@ fn a_corrupt_database_is_moved_aside_and_a_fresh_one_started() {
         let len = std::fs::metadata(&entry).unwrap().len() as usize;
         std::fs::write(&entry, vec![0xA5u8; len.max(64)]).unwrap();
     }
-    let (o, event) = Outbox::open(dir.path()).expect("a corrupt outbox must not stop the gateway");
+    let (o, event) = open_full(dir.path());
     match event {
         Some(OpenEvent::Replaced { moved_to, .. }) => assert!(moved_to.exists()),
         None => panic!("corruption was not detected"),
@@ -339,7 +354,7 @@ fn a_replaced_database_leaves_a_database_replaced_event() {
         let len = std::fs::metadata(&entry).unwrap().len() as usize;
         std::fs::write(&entry, vec![0x5Au8; len.max(64)]).unwrap();
     }
-    let (o, event) = Outbox::open(dir.path()).unwrap();
+    let (o, event) = open_full(dir.path());
     assert!(event.is_some());
     let ev = o.events().unwrap();
     assert!(
@@ -415,6 +430,7 @@ proptest! {
         let mut dropped_by = BySeverity::default();
         let mut next = 1u64;
         let mut bounds = Bounds { max_bytes: u64::MAX, max_age: Some(Duration::from_millis(MAX_AGE_MS as u64)) };
+        o.as_ref().unwrap().set_bounds(bounds);
         let mut now = T0;
         // A lowered max_bytes holds from the next push on.
         let mut bound_lowered = false;

@@ -21,7 +21,7 @@
 //! half-open link is caught by the keep-alive (no PINGRESP in time).
 //!
 //! `{topic_prefix}/health` (retained) is published on connect, every
-//! [`HEALTH_EVERY`], and within a second of a change worth telling
+//! [`HEALTH_EVERY`], and on a change worth telling (at most every [`HEALTH_MIN_GAP`])
 //! ([`Health::signature`]). `{topic_prefix}/events` carries the outbox's
 //! pending events (drops, purges, a replaced database), each removed from
 //! the outbox on its PUBACK, so a link lost before it loses no event.
@@ -55,6 +55,8 @@ pub const WINDOW: usize = 64;
 pub const EVENTS_WINDOW: usize = 8;
 /// How often the health is refreshed when nothing changed.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(60);
+/// The least time between two health publishes prompted by a change.
+pub const HEALTH_MIN_GAP: Duration = Duration::from_secs(5);
 /// How long shutdown waits for in-flight publishes.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -276,11 +278,12 @@ impl Upstream {
                     }
                     if connected && draining.is_none() {
                         let h = self.health();
-                        if last_health.elapsed() >= HEALTH_EVERY || health_sig.as_ref() != Some(&h.signature()) {
-                            if let Some(sig) = self.publish_health(&client, &mut tracker) {
-                                health_sig = Some(sig);
-                                last_health = Instant::now();
-                            }
+                        let changed = health_sig.as_ref() != Some(&h.signature());
+                        if (last_health.elapsed() >= HEALTH_EVERY || (changed && last_health.elapsed() >= HEALTH_MIN_GAP))
+                            && let Some(sig) = self.publish_health(&client, &mut tracker)
+                        {
+                            health_sig = Some(sig);
+                            last_health = Instant::now();
                         }
                     }
                 }
