@@ -1,4 +1,5 @@
-//! Sensor ids from MQTT topic levels: the `sensor = "..."` template of `[[mqtt]]`.
+//! Sensor ids (and, for `format = "number"`, metric names) from MQTT topic
+//! levels: the `sensor = "..."` and `metric = "..."` templates of `[[mqtt]]`.
 //!
 //! | placeholder | gives | for `sensors/+/reading` and topic `sensors/t1/reading` |
 //! | --- | --- | --- |
@@ -70,9 +71,16 @@ impl SensorTemplate {
             parts.push(Part::Text(text));
         }
         if parts.is_empty() {
-            return Err("empty sensor template".into());
+            return Err("empty template".into());
         }
         Ok(SensorTemplate { parts })
+    }
+
+    /// A fixed text.
+    pub fn literal(text: &str) -> SensorTemplate {
+        SensorTemplate {
+            parts: vec![Part::Text(text.to_string())],
+        }
     }
 
     /// The whole topic: the default.
@@ -131,10 +139,10 @@ fn parse_placeholder(name: &str) -> Option<Part> {
 
 /// Strips a `$share/{group}/` prefix: the broker delivers with the plain topic.
 pub fn without_share_prefix(filter: &str) -> &str {
-    if let Some(rest) = filter.strip_prefix("$share/") {
-        if let Some((_, f)) = rest.split_once('/') {
-            return f;
-        }
+    if let Some(rest) = filter.strip_prefix("$share/")
+        && let Some((_, f)) = rest.split_once('/')
+    {
+        return f;
     }
     filter
 }
@@ -298,11 +306,10 @@ mod tests {
         #[test]
         fn matching_and_rendering_never_panic(filter in "[a-c+#/]{0,12}", topic in "[a-c/$]{0,12}", t in "[{}+\\-0-9a-z]{0,8}") {
             let _ = match_filter(&filter, &topic);
-            if let Ok(t) = SensorTemplate::parse(&t) {
-                if let Some(caps) = match_filter(&filter, &topic) {
+            if let Ok(t) = SensorTemplate::parse(&t)
+                && let Some(caps) = match_filter(&filter, &topic) {
                     let _ = t.render(&topic, &caps);
                 }
-            }
         }
 
         #[test]

@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The default deadline of a wait: long enough for a loaded 2-core CI
 /// machine, short enough that a broken test fails quickly.
@@ -576,6 +576,7 @@ pub fn publish(port: u16, topic: &str, payload: &str) {
 /// Everything else (CONNECT, PINGREQ, ...) passes through.
 pub struct MqttProxy {
     port: u16,
+    latency_ms: Arc<AtomicUsize>,
     hold: Arc<AtomicBool>,
     held: Arc<Mutex<Vec<Msg>>>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
@@ -588,11 +589,13 @@ impl MqttProxy {
         let port = listener.local_addr().unwrap().port();
         let p = MqttProxy {
             port,
+            latency_ms: Arc::new(AtomicUsize::new(0)),
             hold: Arc::new(AtomicBool::new(false)),
             held: Arc::new(Mutex::new(Vec::new())),
             conns: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
         };
+        let latency = p.latency_ms.clone();
         let (hold, held, conns, stop) = (
             p.hold.clone(),
             p.held.clone(),
@@ -620,8 +623,12 @@ impl MqttProxy {
                 thread::spawn(move || {
                     let _ = forward_packets(client, server, &hold, &held);
                 });
+                let delay = Duration::from_millis(latency.load(Ordering::SeqCst) as u64);
                 thread::spawn(move || {
                     let (mut s, mut c) = (s2, c2);
+                    // A slow link: the broker's first answer (CONNACK)
+                    // reaches the client `delay` late.
+                    thread::sleep(delay);
                     let _ = std::io::copy(&mut s, &mut c);
                     let _ = c.shutdown(Shutdown::Both);
                     let _ = s.shutdown(Shutdown::Both);
@@ -637,6 +644,13 @@ impl MqttProxy {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Makes new connections slow: the broker's replies start `d` late,
+    /// as over a cellular link with a slow TLS handshake.
+    pub fn set_handshake_latency(&self, d: Duration) {
+        self.latency_ms
+            .store(d.as_millis() as usize, Ordering::SeqCst);
     }
 
     pub fn hold_publishes(&self, on: bool) {
@@ -1249,4 +1263,54 @@ pub fn retry_until<T>(
             panic!("timed out after {timeout:?}: {what}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Test folders, readings and alerts
+// ---------------------------------------------------------------------------
+
+/// A test's folder; kept (and its path printed) when `OUTPOST_E2E_KEEP` is
+/// set, to read the gateway's and the brokers' logs after a run.
+pub fn tempdir() -> tempfile::TempDir {
+    let keep = std::env::var_os("OUTPOST_E2E_KEEP").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix("outpost-e2e")
+        .disable_cleanup(keep)
+        .tempdir()
+        .unwrap();
+    if keep {
+        eprintln!("test folder kept: {}", dir.path().display());
+    }
+    dir
+}
+
+pub fn reading(sensor: &str, temperature: f64) -> String {
+    json!({ "sensor": sensor, "temperature": temperature }).to_string()
+}
+
+/// Writes `line` to `pty` until an alert matching `pred` arrives at `sub`.
+///
+/// Repeating a reading is harmless: a rule alerts on transitions, not per
+/// reading. It covers the gateway opening the port a moment late.
+pub fn serial_until(
+    pty: &mut Pty,
+    sub: &mut Subscriber,
+    line: &str,
+    what: &str,
+    pred: impl Fn(&Msg) -> bool,
+) -> Msg {
+    retry_until(
+        WAIT,
+        Duration::from_millis(500),
+        what,
+        || pty.write_line(line),
+        |t| sub.try_wait_for(t, |m| pred(m)),
+    )
+}
+
+pub fn alert_is(m: &Msg, sensor: &str, state: &str) -> bool {
+    m.topic.contains("/alerts/")
+        && serde_json::from_slice::<Value>(&m.payload)
+            .map(|v| v["sensor"] == sensor && v["state"] == state)
+            .unwrap_or(false)
 }
