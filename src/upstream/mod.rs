@@ -12,7 +12,9 @@
 //!    events, then alerts from the outbox in seq order, starting from the
 //!    oldest unacknowledged, at most [`WINDOW`] in flight, never past the
 //!    last durable seq the outbox writer announced;
-//! 3. on PUBACK: the alert (or event) it acknowledges leaves the outbox;
+//! 3. on PUBACK: the alert (or event) it acknowledges leaves the outbox
+//!    (alerts in groups of up to [`ACK_BATCH`], one sled batch each, and at
+//!    the latest when nothing is in flight or the session ends);
 //! 4. on any error: the connection is dropped, and the next attempt waits a
 //!    capped, jittered backoff: no busy loop while the broker is down.
 //!
@@ -51,6 +53,8 @@ use ack::{AckTracker, Tag};
 
 /// Alerts in flight at once. Duplicates after a reconnect are at most this many.
 pub const WINDOW: usize = 64;
+/// PUBACKed alerts removed from the outbox together (one sled batch).
+pub const ACK_BATCH: usize = 32;
 /// Outbox events in flight at once.
 pub const EVENTS_WINDOW: usize = 8;
 /// How often the health is refreshed when nothing changed.
@@ -173,7 +177,11 @@ impl Upstream {
             ));
             opts.set_inflight(u16::try_from(WINDOW + EVENTS_WINDOW + 8).unwrap_or(u16::MAX));
             let (client, eventloop) = AsyncClient::new(opts, WINDOW + 16);
-            match self.session(client, eventloop, &cancel).await {
+            let mut acked = Vec::with_capacity(ACK_BATCH);
+            let end = self.session(client, eventloop, &cancel, &mut acked).await;
+            // Whatever ended the session, what the broker acknowledged leaves.
+            self.remove_acked(&mut acked);
+            match end {
                 End::Shutdown => return,
                 End::Lost { connected, reason } => {
                     self.telemetry
@@ -203,6 +211,7 @@ impl Upstream {
         client: AsyncClient,
         eventloop: EventLoop,
         cancel: &CancellationToken,
+        acked: &mut Vec<u64>,
     ) -> End {
         // The poll future lives across loop turns and is never dropped
         // half-way: rumqttc's `poll` is not cancel-safe while it connects
@@ -253,13 +262,12 @@ impl Upstream {
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         last_ack = Instant::now();
                         match tracker.puback(ack.pkid) {
-                            Some(Tag::Alert(seq)) => match self.outbox.ack(seq) {
-                                Ok(_) => Telemetry::bump(&self.telemetry.alerts_acked),
-                                Err(e) => {
-                                    Telemetry::bump(&self.telemetry.outbox_errors);
-                                    warn!(seq, error = %e, "cannot remove acknowledged alert from the outbox; it will be sent again");
+                            Some(Tag::Alert(seq)) => {
+                                acked.push(seq);
+                                if acked.len() >= ACK_BATCH {
+                                    self.remove_acked(acked);
                                 }
-                            },
+                            }
                             Some(Tag::Event(n)) => {
                                 events_in_flight.remove(&n);
                                 if let Err(e) = self.outbox.ack_event(n) {
@@ -301,10 +309,29 @@ impl Upstream {
                     return End::Shutdown;
                 }
             } else if connected {
+                if tracker.alerts_in_flight() == 0 || acked.len() >= ACK_BATCH {
+                    // A burst is over: do not hold its last acknowledgements.
+                    self.remove_acked(acked);
+                }
                 self.send_events(&client, &mut tracker, &mut events_in_flight);
                 self.fill(&client, &mut tracker, &mut cursor);
             }
         }
+    }
+
+    /// Removes the PUBACKed alerts in `acked` from the outbox, in one batch.
+    fn remove_acked(&self, acked: &mut Vec<u64>) {
+        if acked.is_empty() {
+            return;
+        }
+        match self.outbox.ack_many(acked) {
+            Ok(_) => Telemetry::bump_by(&self.telemetry.alerts_acked, acked.len() as u64),
+            Err(e) => {
+                Telemetry::bump(&self.telemetry.outbox_errors);
+                warn!(alerts = acked.len(), error = %e, "cannot remove acknowledged alerts from the outbox; they will be sent again");
+            }
+        }
+        acked.clear();
     }
 
     /// Hands alerts to the client until the window is full.
