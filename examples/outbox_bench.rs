@@ -32,7 +32,7 @@ fn draft(i: u64) -> AlertDraft {
         rule: "greenhouse-hot".into(),
         sensor: format!("greenhouse/t{}", i % 16),
         metric: "temperature".into(),
-        state: if i % 2 == 0 {
+        state: if i.is_multiple_of(2) {
             AlertState::Firing
         } else {
             AlertState::Resolved
