@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod diagnostic;
+pub mod homeassistant;
 pub mod logging;
 pub mod offline;
 pub mod outbox;
