@@ -167,7 +167,9 @@ mod tests {
     #[test]
     fn labels_larger_than_the_limit_are_dropped_rather_than_overflow_it() {
         let mut d = draft();
-        d.labels = (0..100).map(|i| (format!("k{i}"), "v".repeat(50))).collect();
+        d.labels = (0..100)
+            .map(|i| (format!("k{i}"), "v".repeat(50)))
+            .collect();
         let p = Alert::new(&d, "gw", "abcdef", 1).to_payload(1024);
         assert!(p.len() <= 1024, "{}", p.len());
         let back: Alert = serde_json::from_slice(&p).unwrap();

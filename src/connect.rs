@@ -211,7 +211,9 @@ fn explain_tls(e: &rustls::Error, host: &str) -> String {
             A::CertificateRevoked => {
                 "TLS: the broker says our client certificate was revoked".into()
             }
-            A::ProtocolVersion => "TLS: the broker offers no TLS version we accept (1.2 or 1.3)".into(),
+            A::ProtocolVersion => {
+                "TLS: the broker offers no TLS version we accept (1.2 or 1.3)".into()
+            }
             other => format!("TLS: the broker sent alert {other:?}"),
         },
         rustls::Error::InvalidMessage(_) => {

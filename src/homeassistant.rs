@@ -223,7 +223,10 @@ mod tests {
         );
         let c: serde_json::Value = serde_json::from_slice(&m[0].payload).unwrap();
         assert_eq!(c["device_class"], "problem");
-        assert_eq!(c["state_topic"], "outpost/greenhouse-pi/state/hot/greenhouse/t1");
+        assert_eq!(
+            c["state_topic"],
+            "outpost/greenhouse-pi/state/hot/greenhouse/t1"
+        );
         assert_eq!(c["availability_topic"], "outpost/greenhouse-pi/status");
         assert_eq!(c["payload_available"], "online");
         assert_eq!(c["payload_not_available"], "offline");
@@ -239,7 +242,11 @@ mod tests {
         assert_eq!(state(&m).1, "OFF");
 
         d.new_session();
-        assert_eq!(d.on_alert(&alert("greenhouse/t1", "temperature", AlertState::Firing)).len(), 2);
+        assert_eq!(
+            d.on_alert(&alert("greenhouse/t1", "temperature", AlertState::Firing))
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -247,8 +254,14 @@ mod tests {
         let mut d = ha();
         d.on_alert(&alert("t1", "a", AlertState::Firing));
         d.on_alert(&alert("t1", "b", AlertState::Firing));
-        assert_eq!(state(&d.on_alert(&alert("t1", "a", AlertState::Resolved))).1, "ON");
-        assert_eq!(state(&d.on_alert(&alert("t1", "b", AlertState::Resolved))).1, "OFF");
+        assert_eq!(
+            state(&d.on_alert(&alert("t1", "a", AlertState::Resolved))).1,
+            "ON"
+        );
+        assert_eq!(
+            state(&d.on_alert(&alert("t1", "b", AlertState::Resolved))).1,
+            "OFF"
+        );
     }
 
     #[test]

@@ -758,8 +758,7 @@ impl Compiler<'_, '_> {
                         None
                     }
                     Ok(s) => {
-                        if let Some(w) = crate::connect::loose_permissions("password_file", &path)
-                        {
+                        if let Some(w) = crate::connect::loose_permissions("password_file", &path) {
                             self.warn(f.span(), w);
                         }
                         // The first line, as documented; a trailing newline is not part of it.
