@@ -11,23 +11,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const ALERTS: &str = "outpost/test-gw/alerts/#";
 /// Where the tests' sensors publish (an `[[mqtt]]` source on the broker's
 /// plain listener).
 const INPUT: &str = "sensors/in/reading";
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("outpost-tls")
-        .tempdir()
-        .unwrap()
-}
-
-fn reading(sensor: &str, temperature: f64) -> String {
-    json!({ "sensor": sensor, "temperature": temperature }).to_string()
-}
 
 /// A config whose readings come from `INPUT` on `broker`'s plain listener
 /// and whose alerts go to `upstream_url` with these `[upstream]` lines.
@@ -87,13 +76,6 @@ fn stop(gw: &mut Gateway) {
     assert_eq!(st.code(), Some(0), "gateway exit status");
 }
 
-fn alert_for(m: &Msg, sensor: &str, state: &str) -> bool {
-    m.topic.contains("/alerts/")
-        && serde_json::from_slice::<Value>(&m.payload)
-            .map(|v| v["sensor"] == sensor && v["state"] == state)
-            .unwrap_or(false)
-}
-
 // ---------------------------------------------------------------------------
 // TLS
 // ---------------------------------------------------------------------------
@@ -118,7 +100,7 @@ fn alerts_are_delivered_over_mutual_tls() {
     assert!(line.contains(&url), "{line}");
     make_alert(&broker, &gw, "greenhouse/t1", 35.0, "firing");
     let m = sub.wait_for(WAIT, "the alert", |m| {
-        alert_for(m, "greenhouse/t1", "firing")
+        alert_is(m, "greenhouse/t1", "firing")
     });
     assert_eq!(m.topic, "outpost/test-gw/alerts/hot/greenhouse/t1");
     // It came in through the TLS listener, with the client certificate.
@@ -380,7 +362,7 @@ fn a_wrong_password_is_refused_plainly_with_bounded_retries_and_never_logged() {
     fs::write(&secret, format!("{RIGHT}\n")).unwrap();
     gw.restart();
     sub.wait_for(WAIT, "the stored alert", |m| {
-        alert_for(m, "cold-room", "firing")
+        alert_is(m, "cold-room", "firing")
     });
     stop(&mut gw);
 
@@ -455,7 +437,7 @@ fn hostile_sensor_ids_make_safe_topics_and_never_cut_the_link() {
     for (sensor, topic) in &cases {
         make_alert(&broker, &gw, sensor, 35.0, "firing");
         let m = sub.wait_for(WAIT, &format!("the alert for {sensor:?}"), |m| {
-            alert_for(m, sensor, "firing")
+            alert_is(m, sensor, "firing")
         });
         assert_eq!(&m.topic, topic, "sensor {sensor:?}");
     }
@@ -463,7 +445,7 @@ fn hostile_sensor_ids_make_safe_topics_and_never_cut_the_link() {
     // and counted, and no alert (and no topic) comes of it.
     publish(broker.port(), INPUT, &reading("bell\u{7}x", 35.0));
     publish(broker.port(), INPUT, &reading("after", 35.0));
-    sub.wait_for(WAIT, "the alert after", |m| alert_for(m, "after", "firing"));
+    sub.wait_for(WAIT, "the alert after", |m| alert_is(m, "after", "firing"));
     assert!(
         !sub.messages()
             .iter()
@@ -529,7 +511,7 @@ fn an_alert_over_max_payload_is_cut_to_fit_a_broker_packet_limit() {
     );
     let mut gw = Gateway::start(dir.path(), &cfg.toml(), &long_rule);
     make_alert(&broker, &gw, "big", 35.0, "firing");
-    let m = sub.wait_for(WAIT, "the cut alert", |m| alert_for(m, "big", "firing"));
+    let m = sub.wait_for(WAIT, "the cut alert", |m| alert_is(m, "big", "firing"));
     assert!(m.payload.len() <= 1024, "{} bytes", m.payload.len());
     let v = m.json();
     let msg = v["message"].as_str().unwrap();
@@ -540,7 +522,7 @@ fn an_alert_over_max_payload_is_cut_to_fit_a_broker_packet_limit() {
     );
     // The link stays up and the next alert follows.
     make_alert(&broker, &gw, "big", 20.0, "resolved");
-    sub.wait_for(WAIT, "the resolution", |m| alert_for(m, "big", "resolved"));
+    sub.wait_for(WAIT, "the resolution", |m| alert_is(m, "big", "resolved"));
     assert!(!gw.log().contains("upstream link lost"), "the link was cut");
     stop(&mut gw);
 }
@@ -566,7 +548,7 @@ fn home_assistant_discovery_and_state_have_the_documented_shape() {
     };
     let config_msg = sub.wait_for(WAIT, "the discovery config", is_config);
     sub.wait_for(WAIT, "the alert", |m| {
-        alert_for(m, "greenhouse/t1", "firing")
+        alert_is(m, "greenhouse/t1", "firing")
     });
 
     // The object id is [a-zA-Z0-9_-] (Home Assistant's rule).
@@ -604,7 +586,7 @@ fn home_assistant_discovery_and_state_have_the_documented_shape() {
         .expect("state ON published");
     let alert = seen
         .iter()
-        .position(|m| alert_for(m, "greenhouse/t1", "firing"))
+        .position(|m| alert_is(m, "greenhouse/t1", "firing"))
         .unwrap(); // waited for above
     assert!(on < alert, "state ON after the alert");
 

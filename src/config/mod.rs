@@ -137,7 +137,8 @@ pub struct MqttSourceConfig {
     pub qos: u8,
     pub format: Format,
     pub sensor: SensorTemplate,
-    pub metric: String,
+    /// For `format = "number"`: the metric name, a template like `sensor`.
+    pub metric: SensorTemplate,
     pub columns: Vec<String>,
     pub max_payload: usize,
 }
@@ -1131,9 +1132,17 @@ impl Compiler<'_, '_> {
             },
             None => SensorTemplate::whole_topic(),
         };
-        let metric = raw
-            .metric
-            .map_or_else(|| "value".to_string(), Spanned::into_inner);
+        let metric = match raw.metric {
+            Some(t) => match SensorTemplate::parse(t.get_ref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.err(t.span(), e.replace("sensor template", "metric template"));
+                    ok = false;
+                    SensorTemplate::literal("value")
+                }
+            },
+            None => SensorTemplate::literal("value"),
+        };
         let max_payload = raw
             .max_payload
             .map_or(64 << 10, |m| m.into_inner().0 as usize);
