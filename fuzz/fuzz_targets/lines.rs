@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use outpost::source::lines::{Line, LineSplitter};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, rest)) = data.split_first() else { return };
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
     let max_line = usize::from(first % 64) + 1;
     let mut s = LineSplitter::new(max_line);
     // The first bytes pick the chunk sizes, the rest is the stream.

@@ -6,7 +6,13 @@ use libfuzzer_sys::fuzz_target;
 use outpost::payload::{Format, ParseContext, parse};
 
 fuzz_target!(|data: &[u8]| {
-    let columns = ["ts".to_string(), "sensor".to_string(), "a".to_string(), "_".to_string(), "b".to_string()];
+    let columns = [
+        "ts".to_string(),
+        "sensor".to_string(),
+        "a".to_string(),
+        "_".to_string(),
+        "b".to_string(),
+    ];
     let ctx = ParseContext {
         default_sensor: Some("dev"),
         columns: &columns,
