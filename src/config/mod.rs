@@ -486,11 +486,11 @@ impl Config {
         for p in &self.serial {
             let _ = writeln!(
                 s,
-                "serial     {} {} at {} baud, {:?}",
+                "serial     {} {} at {} baud, {}",
                 p.name,
                 p.path.display(),
                 p.baud,
-                p.format
+                format!("{:?}", p.format).to_lowercase()
             );
         }
         for m in &self.mqtt {
