@@ -113,6 +113,9 @@ fn load(path: &std::path::Path) -> Result<Config, u8> {
 fn check(path: &std::path::Path) -> u8 {
     match load(path) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("{w}");
+            }
             println!("{}", c.summary());
             println!("{}: ok", path.display());
             EXIT_OK

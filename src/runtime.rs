@@ -53,6 +53,9 @@ enum Control {
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    for w in &config.warnings {
+        warn!("{w}");
+    }
     let telemetry = Arc::new(Telemetry::new());
     let state_dir = config.gateway.state_dir.clone();
     std::fs::create_dir_all(&state_dir)

@@ -27,9 +27,13 @@
 //! ([`Health::signature`]). `{topic_prefix}/events` carries the outbox's
 //! pending events (drops, purges, a replaced database), each removed from
 //! the outbox on its PUBACK, so a link lost before it loses no event.
+//!
+//! With `[homeassistant]`, each alert is preceded by its retained discovery
+//! and state messages (see [`crate::homeassistant`] and [`Side`]).
 
 pub mod ack;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -43,8 +47,9 @@ use tracing::{debug, info, warn};
 use crate::alert::Alert;
 use crate::backoff::{Backoff, jitter};
 use crate::config::UpstreamConfig;
-use crate::connect::mqtt_options;
+use crate::connect::{explain, mqtt_options};
 use crate::health::Health;
+use crate::homeassistant::{Discovery, Message};
 use crate::outbox::Outbox;
 use crate::outbox::event::event_id;
 use crate::telemetry::Telemetry;
@@ -157,6 +162,8 @@ impl Upstream {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let max_packet = self.cfg.max_payload + 2048;
+        let mut side = Side::new(&self.cfg);
+        let mut last_reason = String::new();
         loop {
             let mut opts = match mqtt_options(&self.cfg.broker, max_packet) {
                 Ok(o) => o,
@@ -178,7 +185,9 @@ impl Upstream {
             opts.set_inflight(u16::try_from(WINDOW + EVENTS_WINDOW + 8).unwrap_or(u16::MAX));
             let (client, eventloop) = AsyncClient::new(opts, WINDOW + 16);
             let mut acked = Vec::with_capacity(ACK_BATCH);
-            let end = self.session(client, eventloop, &cancel, &mut acked).await;
+            let end = self
+                .session(client, eventloop, &cancel, &mut side, &mut acked)
+                .await;
             // Whatever ended the session, what the broker acknowledged leaves.
             self.remove_acked(&mut acked);
             match end {
@@ -193,11 +202,14 @@ impl Upstream {
                     }
                     let delay = backoff.next_delay(jitter());
                     let depth = self.outbox.depth();
-                    if connected || backoff.attempt() <= 1 {
+                    // Every new reason is worth a warning (a TLS or login
+                    // problem must be plain in the log); a repeated one is not.
+                    if connected || backoff.attempt() <= 1 || reason != last_reason {
                         warn!(url = %self.cfg.broker.url, %reason, outbox = depth, retry_in = ?delay, "upstream link lost");
                     } else {
                         debug!(url = %self.cfg.broker.url, %reason, outbox = depth, retry_in = ?delay, "upstream still unreachable");
                     }
+                    last_reason = reason;
                     if sleep_or_cancel(delay, &cancel).await {
                         return;
                     }
@@ -211,8 +223,10 @@ impl Upstream {
         client: AsyncClient,
         eventloop: EventLoop,
         cancel: &CancellationToken,
+        side: &mut Side,
         acked: &mut Vec<u64>,
     ) -> End {
+        side.new_session();
         // The poll future lives across loop turns and is never dropped
         // half-way: rumqttc's `poll` is not cancel-safe while it connects
         // (a cancelled poll throws the half-made connection away).
@@ -279,7 +293,7 @@ impl Upstream {
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => return End::Lost { connected, reason: e.to_string() },
+                    Err(e) => return End::Lost { connected, reason: explain(&e, &self.cfg.broker.url.host) },
                 }},
                 changed = self.durable.changed(), if durable_open && connected && draining.is_none() => {
                     if changed.is_err() {
@@ -314,7 +328,7 @@ impl Upstream {
                     self.remove_acked(acked);
                 }
                 self.send_events(&client, &mut tracker, &mut events_in_flight);
-                self.fill(&client, &mut tracker, &mut cursor);
+                self.fill(&client, &mut tracker, &mut cursor, side);
             }
         }
     }
@@ -335,7 +349,13 @@ impl Upstream {
     }
 
     /// Hands alerts to the client until the window is full.
-    fn fill(&self, client: &AsyncClient, tracker: &mut AckTracker, cursor: &mut Option<u64>) {
+    fn fill(
+        &self,
+        client: &AsyncClient,
+        tracker: &mut AckTracker,
+        cursor: &mut Option<u64>,
+        side: &mut Side,
+    ) {
         let durable = *self.durable.borrow();
         while tracker.alerts_in_flight() < WINDOW {
             let room = WINDOW - tracker.alerts_in_flight();
@@ -368,6 +388,10 @@ impl Upstream {
                 } else {
                     r.payload
                 };
+                side.before_alert(r.seq, &alert);
+                if !side.flush(client, tracker) {
+                    return;
+                }
                 let t = topic::alert_topic(&self.cfg.topic_prefix, &alert.rule, &alert.sensor);
                 if client
                     .try_publish(t, QoS::AtLeastOnce, false, payload)
@@ -435,6 +459,65 @@ impl Upstream {
         })
         .await;
         info!("upstream: published offline and disconnected");
+    }
+}
+
+/// Retained messages that go out just before an alert (Home Assistant
+/// discovery and state). Queued, because the client's request channel may
+/// be full: the alert waits until they are handed over, so they always
+/// precede it on the wire.
+struct Side {
+    ha: Option<Discovery>,
+    queue: VecDeque<Message>,
+    /// The alert whose messages are queued, so a retried alert does not
+    /// queue them twice.
+    queued_for: Option<u64>,
+}
+
+impl Side {
+    fn new(cfg: &UpstreamConfig) -> Side {
+        Side {
+            ha: cfg
+                .homeassistant
+                .clone()
+                .map(|h| Discovery::new(h, &cfg.topic_prefix)),
+            queue: VecDeque::new(),
+            queued_for: None,
+        }
+    }
+
+    /// A new connection: alerts are sent again from the oldest
+    /// unacknowledged, and bring their messages again.
+    fn new_session(&mut self) {
+        self.queue.clear();
+        self.queued_for = None;
+        if let Some(ha) = &mut self.ha {
+            ha.new_session();
+        }
+    }
+
+    fn before_alert(&mut self, seq: u64, alert: &Alert) {
+        if let Some(ha) = &mut self.ha
+            && self.queued_for != Some(seq)
+        {
+            self.queue.extend(ha.on_alert(alert));
+            self.queued_for = Some(seq);
+        }
+    }
+
+    /// Hands queued messages to the client; true when none is left.
+    fn flush(&mut self, client: &AsyncClient, tracker: &mut AckTracker) -> bool {
+        while let Some(m) = self.queue.front() {
+            if client
+                .try_publish(m.topic.clone(), QoS::AtLeastOnce, true, m.payload.clone())
+                .is_err()
+            {
+                return false;
+            }
+            tracker.sent(Tag::Other);
+            self.queue.pop_front();
+        }
+        true
     }
 }
 
