@@ -104,6 +104,8 @@ pub struct Telemetry {
     pub alerts_published: AtomicU64,
     pub alerts_acked: AtomicU64,
     pub outbox_errors: AtomicU64,
+    /// sled flushes by the outbox writer (group commit: fewer than alerts).
+    pub outbox_flushes: AtomicU64,
     pub rule_reloads: AtomicU64,
     pub rule_reload_errors: AtomicU64,
     /// Last time the pipeline made progress (a reading evaluated, a tick).
@@ -127,6 +129,7 @@ impl Telemetry {
             alerts_published: AtomicU64::new(0),
             alerts_acked: AtomicU64::new(0),
             outbox_errors: AtomicU64::new(0),
+            outbox_flushes: AtomicU64::new(0),
             rule_reloads: AtomicU64::new(0),
             rule_reload_errors: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),
