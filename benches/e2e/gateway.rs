@@ -209,6 +209,14 @@ impl Gateway {
         cpu_seconds(self.pid())
     }
 
+    /// Bytes this process caused to be written to storage (`/proc/PID/io`).
+    pub fn written_bytes(&self) -> Option<u64> {
+        let io = fs::read_to_string(format!("/proc/{}/io", self.pid())).ok()?;
+        io.lines()
+            .find_map(|l| l.strip_prefix("write_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     pub fn peak_rss_kib(&self) -> Option<u64> {
         status_kib(self.pid(), "VmHWM:")
     }

@@ -116,6 +116,17 @@ impl Opts {
                 _ => {}
             }
         }
+        // Gateways run in their own folders: relative paths would break.
+        for p in [Some(&mut o.outpost), o.node_red.as_mut(), o.out.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative()
+                && let Ok(cwd) = std::env::current_dir()
+            {
+                *p = cwd.join(&*p);
+            }
+        }
         Ok(o)
     }
 }
@@ -141,6 +152,8 @@ struct Run {
     /// subscribers) over the same span: where the rest of the machine went.
     brokers_cpu: Option<f64>,
     bench_cpu: Option<f64>,
+    /// Bytes the gateway wrote to storage during the run.
+    written: Option<u64>,
 }
 
 impl Run {
@@ -209,6 +222,7 @@ async fn bare(w: &Workload, rate: Option<f64>) -> Result<Run, String> {
         clean_stop: true,
         brokers_cpu: None,
         bench_cpu: None,
+        written: None,
         latencies: sub
             .messages()
             .iter()
@@ -296,6 +310,7 @@ async fn through_gateway(
     };
     let others0 = others();
     let cpu0 = gw.cpu_seconds();
+    let written0 = gw.written_bytes();
     let sent = publisher.publish(w, rate).await?;
     let stall = Duration::from_secs(20);
     let mut complete = alerts.wait_for(w.expected_alerts, stall).await;
@@ -322,6 +337,7 @@ async fn through_gateway(
         }
     }
     let cpu1 = gw.cpu_seconds();
+    let written1 = gw.written_bytes();
     let others1 = others();
     let peak_rss_kib = gw.peak_rss_kib();
     let received = alerts.count();
@@ -358,6 +374,7 @@ async fn through_gateway(
         latencies,
         brokers_cpu: others0.0.zip(others1.0).map(|(a, b)| b - a),
         bench_cpu: others0.1.zip(others1.1).map(|(a, b)| b - a),
+        written: written0.zip(written1).map(|(a, b)| b.saturating_sub(a)),
     };
     Ok((
         Ready {
@@ -744,9 +761,17 @@ fn report(
                 ),
                 _ => String::new(),
             };
+            let written = match r.written {
+                Some(w) if r.alerts_received > 0 => format!(
+                    "; written to disk {:.1} MB = {:.1} KB per alert",
+                    w as f64 / 1e6,
+                    w as f64 / 1e3 / r.alerts_received as f64
+                ),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 s,
-                "- {name}: {} readings in {:.2} s (generator done after {:.2} s), {}/{} alerts, done = {}{}{}{cpu}{lat}",
+                "- {name}: {} readings in {:.2} s (generator done after {:.2} s), {}/{} alerts, done = {}{}{}{cpu}{written}{lat}",
                 thousands(r.readings as f64),
                 r.secs,
                 r.publish_secs,
