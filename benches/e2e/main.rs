@@ -148,6 +148,9 @@ struct Run {
     waiting_at_stop: Option<u64>,
     clean_stop: bool,
     latencies: Vec<Duration>,
+    /// Largest latency of the readings published in the first second of a
+    /// steady-rate run (left out of `latencies`).
+    warmup_max: Option<Duration>,
     /// CPU seconds of the brokers and of this process (generator and
     /// subscribers) over the same span: where the rest of the machine went.
     brokers_cpu: Option<f64>,
@@ -223,12 +226,16 @@ async fn bare(w: &Workload, rate: Option<f64>) -> Result<Run, String> {
         brokers_cpu: None,
         bench_cpu: None,
         written: None,
+        warmup_max: None,
+        // The same first-second warm-up as the gateways' is left out.
         latencies: sub
             .messages()
             .iter()
             .filter_map(|(at, payload)| {
                 let i = workload::index_of(workload::reading_value(payload)?)?;
-                Some(at.saturating_duration_since(*sent.at.get(i)?))
+                let s = *sent.at.get(i)?;
+                (s.duration_since(sent.first()) >= Duration::from_secs(1))
+                    .then(|| at.saturating_duration_since(s))
             })
             .collect(),
     })
@@ -345,17 +352,53 @@ async fn through_gateway(
     drop(publisher);
 
     let messages = alerts.messages();
-    let latencies = messages
-        .iter()
-        .filter_map(|(at, payload)| {
-            let i = workload::index_of(workload::alert_value(payload)?)?;
-            Some(at.saturating_duration_since(*sent.at.get(i)?))
-        })
-        .collect::<Vec<_>>();
-    if latencies.len() != messages.len() {
+    // At a steady rate, alerts of readings published in the first second
+    // are a warm-up (a fresh outbox's first writes, Node-RED's JIT): kept
+    // apart, so the percentiles describe the steady state.
+    let warmup = if rate.is_some() {
+        Duration::from_secs(1)
+    } else {
+        Duration::ZERO
+    };
+    let mut latencies = Vec::with_capacity(messages.len());
+    let mut warmup_max: Option<Duration> = None;
+    let mut named = 0;
+    for (at, payload) in &messages {
+        let Some(s) = workload::alert_value(payload)
+            .and_then(workload::index_of)
+            .and_then(|i| sent.at.get(i))
+        else {
+            continue;
+        };
+        named += 1;
+        let l = at.saturating_duration_since(*s);
+        if s.duration_since(sent.first()) < warmup {
+            warmup_max = warmup_max.max(Some(l));
+        } else {
+            latencies.push(l);
+        }
+    }
+    if let Some(path) = std::env::var_os("OUTPOST_BENCH_DUMP") {
+        // For analysis: "<ms since the first publish> <latency ms>" per alert.
+        let t0 = sent.first();
+        let lines: String = messages
+            .iter()
+            .filter_map(|(at, payload)| {
+                let i = workload::index_of(workload::alert_value(payload)?)?;
+                let s = *sent.at.get(i)?;
+                Some(format!(
+                    "{:.3} {:.3}\n",
+                    s.duration_since(t0).as_secs_f64() * 1e3,
+                    at.saturating_duration_since(s).as_secs_f64() * 1e3
+                ))
+            })
+            .collect();
+        let _ = std::fs::write(path, lines);
+    }
+    if named != messages.len() {
         eprintln!(
             "warning: {} of {} alerts did not name a reading",
-            messages.len() - latencies.len(),
+            messages.len() - named,
             messages.len()
         );
     }
@@ -372,6 +415,7 @@ async fn through_gateway(
         waiting_at_stop: stopped.waiting,
         clean_stop: stopped.clean,
         latencies,
+        warmup_max,
         brokers_cpu: others0.0.zip(others1.0).map(|(a, b)| b - a),
         bench_cpu: others0.1.zip(others1.1).map(|(a, b)| b - a),
         written: written0.zip(written1).map(|(a, b)| b.saturating_sub(a)),
@@ -421,7 +465,7 @@ async fn gateway_suite(kind: &Kind, o: &Opts) -> GatewayResults {
             Err(e) => r.errors.push(format!("alert-heavy run: {e}")),
         }
     }
-    let n = (o.latency_secs * o.rate) as usize;
+    let n = ((o.latency_secs + 1.0) * o.rate) as usize;
     let lat = Workload::new(n, 5);
     if o.wants("latency") {
         eprintln!(
@@ -481,7 +525,7 @@ async fn run(o: Opts) -> ExitCode {
     }
     let mut limit_latency = None;
     if o.wants("latency") {
-        let lat = Workload::new((o.latency_secs * o.rate) as usize, 5);
+        let lat = Workload::new(((o.latency_secs + 1.0) * o.rate) as usize, 5);
         eprintln!(
             "limit: latency of one broker hop at {}/s ... (load {})",
             o.rate,
@@ -746,12 +790,16 @@ fn report(
                 String::new()
             } else {
                 format!(
-                    "; latency p50 {} p90 {} p99 {} max {} ({} samples)",
+                    "; latency p50 {} p90 {} p99 {} max {} ({} samples){}",
                     ms(r.percentile(0.5)),
                     ms(r.percentile(0.9)),
                     ms(r.percentile(0.99)),
                     ms(r.percentile(1.0)),
-                    r.latencies.len()
+                    r.latencies.len(),
+                    r.warmup_max.map_or(String::new(), |w| format!(
+                        ", max in the first second (left out) {}",
+                        ms(Some(w))
+                    ))
                 )
             };
             let cpu = match (r.cpu_secs, r.brokers_cpu, r.bench_cpu) {
