@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod diagnostic;
+pub mod http;
 pub mod logging;
 pub mod outbox;
 pub mod payload;

@@ -20,6 +20,7 @@
 
 pub mod ack;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -35,6 +36,7 @@ use crate::backoff::{Backoff, jitter};
 use crate::config::UpstreamConfig;
 use crate::connect::mqtt_options;
 use crate::outbox::Outbox;
+use crate::rules::AlertState;
 use crate::telemetry::Telemetry;
 use crate::topic;
 use ack::{AckTracker, Tag};
@@ -55,6 +57,14 @@ pub struct Upstream {
     /// Highest seq that may be published (durable under the flush policy).
     pub durable: watch::Receiver<u64>,
     pub telemetry: Arc<Telemetry>,
+}
+
+/// An alert handed to the client and not yet acknowledged: what the metrics
+/// need when its PUBACK comes (latency, and delivered by rule and state).
+struct Sent {
+    at: Instant,
+    rule: String,
+    state: AlertState,
 }
 
 enum End {
@@ -122,6 +132,9 @@ impl Upstream {
         cancel: &CancellationToken,
     ) -> End {
         let mut tracker = AckTracker::new();
+        // Per connection, like the tracker: what is not acknowledged on this
+        // connection is sent again (and timed again) on the next.
+        let mut sent: HashMap<u64, Sent> = HashMap::new();
         let mut cursor: Option<u64> = None;
         let mut connected = false;
         let mut draining: Option<Instant> = None;
@@ -159,8 +172,17 @@ impl Upstream {
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         if let Some(Tag::Alert(seq)) = tracker.puback(ack.pkid) {
                             last_ack = Instant::now();
+                            let s = sent.remove(&seq);
+                            if let Some(s) = &s {
+                                self.telemetry.publish_latency.observe(last_ack.duration_since(s.at).as_secs_f64());
+                            }
                             match self.outbox.ack(seq) {
-                                Ok(_) => Telemetry::bump(&self.telemetry.alerts_acked),
+                                Ok(removed) => {
+                                    Telemetry::bump(&self.telemetry.alerts_acked);
+                                    if let (true, Some(s)) = (removed, s) {
+                                        self.telemetry.alert_delivered(&s.rule, s.state);
+                                    }
+                                }
                                 Err(e) => {
                                     Telemetry::bump(&self.telemetry.outbox_errors);
                                     warn!(seq, error = %e, "cannot remove acknowledged alert from the outbox; it will be sent again");
@@ -188,13 +210,19 @@ impl Upstream {
                     return End::Shutdown;
                 }
             } else if connected {
-                self.fill(&client, &mut tracker, &mut cursor);
+                self.fill(&client, &mut tracker, &mut sent, &mut cursor);
             }
         }
     }
 
     /// Hands alerts to the client until the window is full.
-    fn fill(&self, client: &AsyncClient, tracker: &mut AckTracker, cursor: &mut Option<u64>) {
+    fn fill(
+        &self,
+        client: &AsyncClient,
+        tracker: &mut AckTracker,
+        sent: &mut HashMap<u64, Sent>,
+        cursor: &mut Option<u64>,
+    ) {
         let durable = *self.durable.borrow();
         while tracker.alerts_in_flight() < WINDOW {
             let room = WINDOW - tracker.alerts_in_flight();
@@ -236,6 +264,17 @@ impl Upstream {
                     return;
                 }
                 tracker.sent(Tag::Alert(r.seq));
+                // Latency is measured from here, the hand-over to the client:
+                // with the client's in-flight limit above WINDOW it goes to
+                // the socket at once, so this is publish → PUBACK.
+                sent.insert(
+                    r.seq,
+                    Sent {
+                        at: Instant::now(),
+                        rule: alert.rule,
+                        state: alert.state,
+                    },
+                );
                 Telemetry::bump(&self.telemetry.alerts_published);
                 *cursor = Some(r.seq);
             }
