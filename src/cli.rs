@@ -33,6 +33,9 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate the configuration and every rules file it names.
     Check(ConfigArg),
+    /// Test and replay rules offline, with no broker and no running gateway.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Show a running gateway's state: upstream link, outbox, sources, firing alerts.
     Status(StatusArgs),
 }
@@ -46,6 +49,26 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Run rule unit tests: readings in, the alerts expected out.
+    Test {
+        /// Test files (TOML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the alerts a recorded series of readings (JSON lines) would produce.
+    Replay {
+        /// Rules file(s).
+        #[arg(long, required = true)]
+        rules: Vec<PathBuf>,
+        /// Readings, one JSON object a line: {"ts":..,"sensor":..,"metric":..,"value":..}
+        /// or a device payload with "sensor" and "ts" (like the json format).
+        #[arg(long)]
+        input: PathBuf,
+    },
+}
+
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
@@ -56,8 +79,18 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check(&a.config),
         Command::Run(a) => run(&a.config),
         Command::Status(a) => status(&a.config.config, a.json),
+        Command::Rules(RulesCommand::Test { files }) => crate::offline::rules_test(&files),
+        Command::Rules(RulesCommand::Replay { rules, input }) => {
+            crate::offline::rules_replay(&rules, &input)
+        }
     };
     ExitCode::from(code)
+}
+
+pub(crate) fn print_diagnostics(diags: &crate::diagnostic::Diagnostics) {
+    for d in diags.iter() {
+        eprintln!("{d}");
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, u8> {

@@ -194,7 +194,7 @@ pub fn deserialize_lenient<T: DeserializeOwned>(
                 if !is_echo {
                     diags.push(src.toml_error(&e));
                 }
-                let Some(span) = e.span() else { return None };
+                let span = e.span()?;
                 let DeValue::Table(table) = value.get_mut() else {
                     return None;
                 };
@@ -204,7 +204,7 @@ pub fn deserialize_lenient<T: DeserializeOwned>(
                         contains(&k.span(), &span) || contains(&v.span(), &span) || k.span() == span
                     })
                     .map(|(k, _)| k.get_ref().to_string());
-                let Some(key) = culprit else { return None };
+                let key = culprit?;
                 let culprit_key = table.keys().find(|k| *k.get_ref() == key).cloned();
                 if let Some(k) = culprit_key {
                     table.remove(&k);

@@ -13,6 +13,7 @@ pub mod connect;
 pub mod diagnostic;
 pub mod http;
 pub mod logging;
+pub mod offline;
 pub mod outbox;
 pub mod payload;
 pub mod reading;

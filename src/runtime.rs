@@ -520,11 +520,9 @@ async fn writer_loop(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        if matches!(flush, FlushPolicy::Always) && unflushed {
-            if outbox.flush().await.is_ok() {
-                unflushed = false;
-                let _ = durable.send(outbox.next_seq().saturating_sub(1));
-            }
+        if matches!(flush, FlushPolicy::Always) && unflushed && outbox.flush().await.is_ok() {
+            unflushed = false;
+            let _ = durable.send(outbox.next_seq().saturating_sub(1));
         }
     }
     if let Err(e) = outbox.flush().await {

@@ -658,6 +658,29 @@ fn stored_alerts_survive_kill_9() {
     assert_delivered_after_restart(&mut sub, &mut pty, &held);
 }
 
+/// A broker whose CONNACK takes 1.5 s to arrive (a cellular link, a slow
+/// TLS handshake) is still reached: the gateway must not abandon its
+/// connection attempt while it is under way.
+#[test]
+fn upstream_with_a_slow_handshake_is_still_reached() {
+    let dir = tempdir();
+    let up = Mosquitto::start();
+    let proxy = MqttProxy::start(up.port());
+    proxy.set_handshake_latency(Duration::from_millis(1500));
+    let mut pty = Pty::new(dir.path(), "tty");
+    let mut sub = Subscriber::connect(up.port(), ALERTS);
+    let cfg = Config::new(&proxy.url()).serial("bench", pty.path(), "json", "bench");
+    let mut gw = Gateway::start(dir.path(), &cfg.toml(), HOT_RULE);
+    gw.wait_open(&pty.device(), WAIT);
+    serial_until(
+        &mut pty,
+        &mut sub,
+        &reading("slow", 45.0),
+        "an alert over the slow link",
+        |m| alert_is(m, "slow", "firing"),
+    );
+}
+
 /// Where `key` is in `text`: (line, column), both from 1.
 fn position_of(text: &str, key: &str) -> (usize, usize) {
     for (i, line) in text.lines().enumerate() {

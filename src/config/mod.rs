@@ -595,17 +595,17 @@ impl Compiler<'_, '_> {
                 .collect(),
             None => vec![self.base.join("rules.toml")],
         };
-        if let Some(level) = &raw.log_level {
-            if tracing_subscriber::EnvFilter::try_new(level.get_ref()).is_err() {
-                self.err(
-                    level.span(),
-                    format!(
-                        "invalid log_level `{}`; try \"info\" or \"outpost=debug\"",
-                        level.get_ref()
-                    ),
-                );
-                ok = false;
-            }
+        if let Some(level) = &raw.log_level
+            && tracing_subscriber::EnvFilter::try_new(level.get_ref()).is_err()
+        {
+            self.err(
+                level.span(),
+                format!(
+                    "invalid log_level `{}`; try \"info\" or \"outpost=debug\"",
+                    level.get_ref()
+                ),
+            );
+            ok = false;
         }
         ok.then(|| GatewayConfig {
             id: raw.id.into_inner(),

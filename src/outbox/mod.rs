@@ -330,10 +330,10 @@ impl Outbox {
         let mut n = 0;
         for kv in self.tree.scan_prefix([ALERT]) {
             let (k, _) = kv.map_err(OutboxError::Write)?;
-            if let Some(seq) = key_seq(&k) {
-                if self.ack(seq)? {
-                    n += 1;
-                }
+            if let Some(seq) = key_seq(&k)
+                && self.ack(seq)?
+            {
+                n += 1;
             }
         }
         self.flush_blocking()?;

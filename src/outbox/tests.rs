@@ -232,7 +232,7 @@ proptest! {
                 }
                 Op::Flush => { ob.flush_blocking().unwrap(); }
                 Op::Reopen => {
-                    o = None; // drop closes sled, which flushes
+                    drop(o.take()); // closing sled flushes
                     o = Some(open(dir.path()));
                 }
                 Op::Peek(i, n) => {

@@ -374,6 +374,12 @@ fn compile(
                     "`aggregate` has no meaning for `silent_for`".into(),
                 );
             }
+            if let Some(f) = &raw.for_ {
+                err(
+                    f.span(),
+                    "`for` has no meaning for `silent_for` (make silent_for longer instead)".into(),
+                );
+            }
             Some(Condition::Silent {
                 after_ms: s.get_ref().as_millis_u64(),
             })
@@ -413,11 +419,20 @@ fn compile(
         if let Err(e) = template::validate(m.get_ref()) {
             err(m.span(), e);
         }
-    }
-    if let Some(r) = &raw.repeat {
-        if r.get_ref().as_millis_u64() < 1000 {
-            err(r.span(), "`repeat` must be at least 1s".into());
+        let labels = raw.labels.as_ref();
+        for l in template::referenced_labels(m.get_ref()) {
+            if !labels.is_some_and(|ls| ls.contains_key(&l)) {
+                err(
+                    m.span(),
+                    format!("message uses {{labels.{l}}}, but the rule has no label `{l}`"),
+                );
+            }
         }
+    }
+    if let Some(r) = &raw.repeat
+        && r.get_ref().as_millis_u64() < 1000
+    {
+        err(r.span(), "`repeat` must be at least 1s".into());
     }
     let mut actions = Vec::new();
     for a in raw.actions.unwrap_or_default() {
@@ -623,6 +638,27 @@ labels = { room = "greenhouse" }
         );
         assert!(
             errors("[[rule]]\nid=\"a\"\nmetric=\"t\"\noutside=[8.0, 2.0]\n")[0].contains("lo < hi")
+        );
+    }
+
+    #[test]
+    fn message_templates_are_checked_against_placeholders_and_labels() {
+        assert!(
+            errors("[[rule]]\nid=\"a\"\nmetric=\"t\"\nabove=1\nmessage=\"{sensr}\"\n")[0]
+                .contains("sensr")
+        );
+        assert!(
+            errors("[[rule]]\nid=\"a\"\nmetric=\"t\"\nabove=1\nmessage=\"{labels.room}\"\n")[0]
+                .contains("no label `room`")
+        );
+        assert!(check("[[rule]]\nid=\"a\"\nmetric=\"t\"\nabove=1\nmessage=\"{labels.room}\"\nlabels={room=\"x\"}\n").is_ok());
+    }
+
+    #[test]
+    fn for_on_a_silent_rule_is_refused() {
+        assert!(
+            errors("[[rule]]\nid=\"a\"\nmetric=\"t\"\nsilent_for=\"5m\"\nfor=\"1m\"\n")[0]
+                .contains("`for` has no meaning")
         );
     }
 

@@ -17,7 +17,9 @@
 pub mod engine;
 pub mod file;
 pub mod glob;
+pub mod replay;
 pub mod template;
+pub mod testfile;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -13,7 +13,6 @@
 //! to [`MAX_MESSAGE_BYTES`] on a character boundary.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use super::{AlertState, Severity};
 
@@ -66,10 +65,12 @@ fn parse(template: &str, mut each: impl FnMut(Piece<'_>)) {
         } else {
             // `tail` starts with a single `{`.
             let after = tail.get(1..).unwrap_or("");
-            match after.find(['{', '}']) {
-                Some(end) if after[end..].starts_with('}') => {
-                    each(Piece::Placeholder(&after[..end]));
-                    rest = &after[end + 1..];
+            match after.char_indices().find(|&(_, c)| c == '{' || c == '}') {
+                Some((end, '}')) => {
+                    // `end` is the index of a one-byte char: both cuts are
+                    // on char boundaries, so `get` always succeeds.
+                    each(Piece::Placeholder(after.get(..end).unwrap_or("")));
+                    rest = after.get(end + 1..).unwrap_or("");
                 }
                 Some(_) => {
                     // Another `{` comes first: this one is literal.
@@ -195,14 +196,11 @@ fn push_number(out: &mut String, v: f64, precision: Option<usize>) {
     match precision {
         None => out.push_str(&format_number(v)),
         Some(p) => {
-            // `+ 0.0` turns -0.0 into 0.0; a value that rounds to zero may
-            // still print "-0.0", which is cleaned up below.
-            let start = out.len();
-            let _ = write!(out, "{:.*}", p, v + 0.0);
-            if out[start..].starts_with('-')
-                && out[start + 1..].bytes().all(|b| b == b'0' || b == b'.')
-            {
-                out.remove(start);
+            let s = format!("{:.*}", p, v);
+            // A value that rounds to zero prints without its sign.
+            match s.strip_prefix('-') {
+                Some(abs) if abs.bytes().all(|b| b == b'0' || b == b'.') => out.push_str(abs),
+                _ => out.push_str(&s),
             }
         }
     }

@@ -65,11 +65,10 @@ pub async fn run(
                     return;
                 }
                 a = actions.recv(), if connected => {
-                    if let Some(a) = a {
-                        if let Err(e) = client.try_publish(a.topic.clone(), QoS::AtLeastOnce, false, a.payload) {
+                    if let Some(a) = a
+                        && let Err(e) = client.try_publish(a.topic.clone(), QoS::AtLeastOnce, false, a.payload) {
                             warn!(source = %cfg.name, topic = %a.topic, error = %e, "local action not published");
                         }
-                    }
                 }
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {

@@ -131,10 +131,10 @@ fn parse_placeholder(name: &str) -> Option<Part> {
 
 /// Strips a `$share/{group}/` prefix: the broker delivers with the plain topic.
 pub fn without_share_prefix(filter: &str) -> &str {
-    if let Some(rest) = filter.strip_prefix("$share/") {
-        if let Some((_, f)) = rest.split_once('/') {
-            return f;
-        }
+    if let Some(rest) = filter.strip_prefix("$share/")
+        && let Some((_, f)) = rest.split_once('/')
+    {
+        return f;
     }
     filter
 }
@@ -298,11 +298,10 @@ mod tests {
         #[test]
         fn matching_and_rendering_never_panic(filter in "[a-c+#/]{0,12}", topic in "[a-c/$]{0,12}", t in "[{}+\\-0-9a-z]{0,8}") {
             let _ = match_filter(&filter, &topic);
-            if let Ok(t) = SensorTemplate::parse(&t) {
-                if let Some(caps) = match_filter(&filter, &topic) {
+            if let Ok(t) = SensorTemplate::parse(&t)
+                && let Some(caps) = match_filter(&filter, &topic) {
                     let _ = t.render(&topic, &caps);
                 }
-            }
         }
 
         #[test]

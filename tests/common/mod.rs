@@ -576,6 +576,7 @@ pub fn publish(port: u16, topic: &str, payload: &str) {
 /// Everything else (CONNECT, PINGREQ, ...) passes through.
 pub struct MqttProxy {
     port: u16,
+    latency_ms: Arc<AtomicUsize>,
     hold: Arc<AtomicBool>,
     held: Arc<Mutex<Vec<Msg>>>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
@@ -588,11 +589,13 @@ impl MqttProxy {
         let port = listener.local_addr().unwrap().port();
         let p = MqttProxy {
             port,
+            latency_ms: Arc::new(AtomicUsize::new(0)),
             hold: Arc::new(AtomicBool::new(false)),
             held: Arc::new(Mutex::new(Vec::new())),
             conns: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
         };
+        let latency = p.latency_ms.clone();
         let (hold, held, conns, stop) = (
             p.hold.clone(),
             p.held.clone(),
@@ -620,8 +623,12 @@ impl MqttProxy {
                 thread::spawn(move || {
                     let _ = forward_packets(client, server, &hold, &held);
                 });
+                let delay = Duration::from_millis(latency.load(Ordering::SeqCst) as u64);
                 thread::spawn(move || {
                     let (mut s, mut c) = (s2, c2);
+                    // A slow link: the broker's first answer (CONNACK)
+                    // reaches the client `delay` late.
+                    thread::sleep(delay);
                     let _ = std::io::copy(&mut s, &mut c);
                     let _ = c.shutdown(Shutdown::Both);
                     let _ = s.shutdown(Shutdown::Both);
@@ -637,6 +644,13 @@ impl MqttProxy {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Makes new connections slow: the broker's replies start `d` late,
+    /// as over a cellular link with a slow TLS handshake.
+    pub fn set_handshake_latency(&self, d: Duration) {
+        self.latency_ms
+            .store(d.as_millis() as usize, Ordering::SeqCst);
     }
 
     pub fn hold_publishes(&self, on: bool) {
