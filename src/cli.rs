@@ -150,11 +150,24 @@ const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn status(path: &std::path::Path, json: bool) -> u8 {
     use crate::http::{client, status};
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
+    // The packaged outpost.toml is readable only by root and group outpost
+    // (it may hold a password). A person without access still gets an
+    // answer from the default address, with a note saying so.
+    let listen = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let default = config::HttpConfig::default().listen;
+            eprintln!(
+                "outpost status: cannot read {} (permission denied); asking the default address. Run it with sudo, or join group outpost, to use the configured one.",
+                path.display()
+            );
+            default
+        }
+        _ => match load(path) {
+            Ok(c) => c.http.listen,
+            Err(code) => return code,
+        },
     };
-    let Some(listen) = config.http.listen else {
+    let Some(listen) = listen else {
         eprintln!(
             "outpost status: [http] listen is \"\" in {}: the gateway serves no status (set it, e.g. \"127.0.0.1:9184\", and restart it)",
             path.display()
