@@ -75,7 +75,7 @@ Version: $version
 Architecture: $arch
 Maintainer: outpost developers <outpost@localhost>
 Installed-Size: $size_kib
-Depends: libc6 (>= ${glibc:-2.31}), adduser
+Depends: libc6 (>= ${glibc:-2.31}), adduser, procps
 Section: net
 Priority: optional
 Description: IoT edge gateway: sensor rules on the device, durable alerts over MQTT
