@@ -15,52 +15,6 @@ use serde_json::{Value, json};
 
 const ALERTS: &str = "outpost/test-gw/alerts/#";
 
-/// A test's folder; kept (and its path printed) when `OUTPOST_E2E_KEEP` is
-/// set, to read the gateway's and the brokers' logs after a run.
-fn tempdir() -> tempfile::TempDir {
-    let keep = std::env::var_os("OUTPOST_E2E_KEEP").is_some();
-    let dir = tempfile::Builder::new()
-        .prefix("outpost-e2e")
-        .disable_cleanup(keep)
-        .tempdir()
-        .unwrap();
-    if keep {
-        eprintln!("test folder kept: {}", dir.path().display());
-    }
-    dir
-}
-
-fn reading(sensor: &str, temperature: f64) -> String {
-    json!({ "sensor": sensor, "temperature": temperature }).to_string()
-}
-
-/// Writes `line` to `pty` until an alert matching `pred` arrives at `sub`.
-///
-/// Repeating a reading is harmless: a rule alerts on transitions, not per
-/// reading. It covers the gateway opening the port a moment late.
-fn serial_until(
-    pty: &mut Pty,
-    sub: &mut Subscriber,
-    line: &str,
-    what: &str,
-    pred: impl Fn(&Msg) -> bool,
-) -> Msg {
-    retry_until(
-        WAIT,
-        Duration::from_millis(500),
-        what,
-        || pty.write_line(line),
-        |t| sub.try_wait_for(t, |m| pred(m)),
-    )
-}
-
-fn alert_is(m: &Msg, sensor: &str, state: &str) -> bool {
-    m.topic.contains("/alerts/")
-        && serde_json::from_slice::<Value>(&m.payload)
-            .map(|v| v["sensor"] == sensor && v["state"] == state)
-            .unwrap_or(false)
-}
-
 /// What a test expects of one alert; the rest is checked by `check_alert`.
 struct Expect<'a> {
     sensor: &'a str,

@@ -19,8 +19,21 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn every_shipped_config_passes_check() {
-    for cfg in ["config/demo.toml", "config/outpost.toml"] {
-        let o = outpost(&["check", "--config", cfg]);
+    let mut configs = vec![
+        "config/demo.toml".to_string(),
+        "config/outpost.toml".to_string(),
+    ];
+    for e in
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples")).unwrap()
+    {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".toml") && name != "rules.toml" {
+            configs.push(format!("config/examples/{name}"));
+        }
+    }
+    assert!(configs.len() >= 7, "{configs:?}");
+    for cfg in &configs {
+        let o = outpost(&["check", "--config", cfg.as_str()]);
         assert_eq!(
             o.status.code(),
             Some(0),

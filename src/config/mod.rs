@@ -119,7 +119,8 @@ pub struct MqttSourceConfig {
     pub qos: u8,
     pub format: Format,
     pub sensor: SensorTemplate,
-    pub metric: String,
+    /// For `format = "number"`: the metric name, a template like `sensor`.
+    pub metric: SensorTemplate,
     pub columns: Vec<String>,
     pub max_payload: usize,
 }
@@ -423,11 +424,11 @@ impl Config {
         for p in &self.serial {
             let _ = writeln!(
                 s,
-                "serial     {} {} at {} baud, {:?}",
+                "serial     {} {} at {} baud, {}",
                 p.name,
                 p.path.display(),
                 p.baud,
-                p.format
+                format!("{:?}", p.format).to_lowercase()
             );
         }
         for m in &self.mqtt {
@@ -931,9 +932,17 @@ impl Compiler<'_, '_> {
             },
             None => SensorTemplate::whole_topic(),
         };
-        let metric = raw
-            .metric
-            .map_or_else(|| "value".to_string(), Spanned::into_inner);
+        let metric = match raw.metric {
+            Some(t) => match SensorTemplate::parse(t.get_ref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.err(t.span(), e.replace("sensor template", "metric template"));
+                    ok = false;
+                    SensorTemplate::literal("value")
+                }
+            },
+            None => SensorTemplate::literal("value"),
+        };
         let max_payload = raw
             .max_payload
             .map_or(64 << 10, |m| m.into_inner().0 as usize);

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::payload::{self, Format, ParseContext};
+use crate::payload::{self, ParseError};
 use crate::reading::Reading;
 use crate::telemetry::SourceCounters;
 
@@ -33,22 +33,16 @@ pub struct SourceContext {
 }
 
 impl SourceContext {
-    /// Parses one line or message, counting and (rate-limited) logging bad
-    /// input; appends good readings to `out`.
-    pub fn parse(
-        &self,
-        format: Format,
-        input: &[u8],
-        ctx: &ParseContext<'_>,
-        out: &mut Vec<Reading>,
-    ) {
+    /// Counts one line or message: its readings (already in `out`) or its
+    /// error, logged at most once per period with the start of the input.
+    pub fn count(&self, result: Result<usize, ParseError>, input: &[u8], out: &[Reading]) {
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
-        let before = out.len();
-        match payload::parse(format, input, ctx, out) {
-            Ok(()) => {
+        match result {
+            Ok(n) => {
+                debug_assert!(n <= out.len());
                 self.counters
                     .readings
-                    .fetch_add((out.len() - before) as u64, Ordering::Relaxed);
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) => self.bad_input(e.kind(), &e.to_string(), input),
         }

@@ -18,10 +18,10 @@ use super::template::match_filter;
 use crate::backoff::{Backoff, jitter};
 use crate::config::MqttSourceConfig;
 use crate::connect::mqtt_options;
-use crate::payload::ParseContext;
-use crate::reading::wall_ms;
+use crate::payload::{self, ParseContext, ParseError};
+use crate::reading::{Reading, wall_ms};
 use crate::rules::LocalPublish;
-use crate::upstream::sleep_or_cancel;
+use crate::upstream::{next_event, sleep_or_cancel};
 
 /// Largest MQTT packet accepted from the broker; payloads over the source's
 /// `max_payload` are counted and dropped by us, not by a disconnect.
@@ -56,7 +56,9 @@ pub async fn run(
                 continue;
             }
         };
-        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        let (client, eventloop) = AsyncClient::new(opts, 64);
+        // Never cancelled half-way (see upstream::next_event).
+        let mut poll = Box::pin(next_event(eventloop));
         let mut connected = false;
         let reason = loop {
             tokio::select! {
@@ -70,7 +72,9 @@ pub async fn run(
                             warn!(source = %cfg.name, topic = %a.topic, error = %e, "local action not published");
                         }
                 }
-                ev = eventloop.poll() => match ev {
+                (el, ev) = &mut poll => {
+                    poll = Box::pin(next_event(el));
+                    match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
                         backoff.reset();
@@ -97,7 +101,7 @@ pub async fn run(
                     }
                     Ok(_) => {}
                     Err(e) => break e.to_string(),
-                },
+                }},
             }
         };
         ctx.counters.connected.store(false, Ordering::Relaxed);
@@ -113,25 +117,32 @@ pub async fn run(
     }
 }
 
-/// One message: sensor id from the topic, readings from the payload.
+/// One message, counted: readings go to `out`, bad input to the counters.
 pub fn handle(
     cfg: &MqttSourceConfig,
     ctx: &SourceContext,
     topic: &str,
     payload: &[u8],
-    out: &mut Vec<crate::reading::Reading>,
+    out: &mut Vec<Reading>,
 ) {
+    let result = readings(cfg, topic, payload, wall_ms(), out);
+    ctx.count(result, payload, out);
+}
+
+/// The readings of one message: the sensor id from the payload's `sensor`
+/// field, else the `sensor` template over the topic levels. Pure.
+pub fn readings(
+    cfg: &MqttSourceConfig,
+    topic: &str,
+    payload: &[u8],
+    received_ms: i64,
+    out: &mut Vec<Reading>,
+) -> Result<usize, ParseError> {
     if payload.len() > cfg.max_payload {
-        ctx.counters.messages.fetch_add(1, Ordering::Relaxed);
-        ctx.bad_input(
-            "too_large",
-            &format!(
-                "payload of {} bytes on {topic} is over max_payload",
-                payload.len()
-            ),
-            payload,
-        );
-        return;
+        return Err(ParseError::TooLarge {
+            len: payload.len(),
+            max: cfg.max_payload,
+        });
     }
     let captures = cfg
         .topics
@@ -139,11 +150,14 @@ pub fn handle(
         .find_map(|f| match_filter(f, topic))
         .unwrap_or_default();
     let sensor = cfg.sensor.render(topic, &captures);
+    let metric = cfg.metric.render(topic, &captures).unwrap_or_default();
     let pctx = ParseContext {
         default_sensor: sensor.as_deref(),
         columns: &cfg.columns,
-        metric: &cfg.metric,
-        received_ms: wall_ms(),
+        metric: &metric,
+        received_ms,
     };
-    ctx.parse(cfg.format, payload, &pctx, out);
+    let before = out.len();
+    payload::parse(cfg.format, payload, &pctx, out)?;
+    Ok(out.len() - before)
 }

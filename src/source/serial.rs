@@ -19,8 +19,8 @@ use super::SourceContext;
 use super::lines::{Line, LineSplitter};
 use crate::backoff::{Backoff, jitter};
 use crate::config::{FlowControl, Parity, SerialConfig};
-use crate::payload::ParseContext;
-use crate::reading::wall_ms;
+use crate::payload::{self, ParseContext, ParseError};
+use crate::reading::{Reading, wall_ms};
 use crate::upstream::sleep_or_cancel;
 
 /// An open port that delivered data for this long resets the backoff.
@@ -112,6 +112,24 @@ pub async fn run(cfg: SerialConfig, ctx: SourceContext) {
     }
 }
 
+/// The readings of one line (without its terminator). Pure.
+pub fn readings_from_line(
+    cfg: &SerialConfig,
+    line: &[u8],
+    received_ms: i64,
+    out: &mut Vec<Reading>,
+) -> Result<usize, ParseError> {
+    let pctx = ParseContext {
+        default_sensor: Some(&cfg.sensor),
+        columns: &cfg.columns,
+        metric: "value",
+        received_ms,
+    };
+    let before = out.len();
+    payload::parse(cfg.format, line, &pctx, out)?;
+    Ok(out.len() - before)
+}
+
 async fn read_port(
     cfg: &SerialConfig,
     ctx: &SourceContext,
@@ -137,14 +155,12 @@ async fn read_port(
                 Some(Err(e)) => return Closed::Error(e),
             },
         };
-        let pctx = ParseContext {
-            default_sensor: Some(&cfg.sensor),
-            columns: &cfg.columns,
-            metric: "value",
-            received_ms: wall_ms(),
-        };
+        let received_ms = wall_ms();
         splitter.push(&buf[..n], |line| match line {
-            Line::Complete(bytes) => ctx.parse(cfg.format, bytes, &pctx, &mut readings),
+            Line::Complete(bytes) => {
+                let result = readings_from_line(cfg, bytes, received_ms, &mut readings);
+                ctx.count(result, bytes, &readings);
+            }
             Line::TooLong { len } => ctx.bad_input(
                 "too_long",
                 &format!(

@@ -1,4 +1,5 @@
-//! Sensor ids from MQTT topic levels: the `sensor = "..."` template of `[[mqtt]]`.
+//! Sensor ids (and, for `format = "number"`, metric names) from MQTT topic
+//! levels: the `sensor = "..."` and `metric = "..."` templates of `[[mqtt]]`.
 //!
 //! | placeholder | gives | for `sensors/+/reading` and topic `sensors/t1/reading` |
 //! | --- | --- | --- |
@@ -70,9 +71,16 @@ impl SensorTemplate {
             parts.push(Part::Text(text));
         }
         if parts.is_empty() {
-            return Err("empty sensor template".into());
+            return Err("empty template".into());
         }
         Ok(SensorTemplate { parts })
+    }
+
+    /// A fixed text.
+    pub fn literal(text: &str) -> SensorTemplate {
+        SensorTemplate {
+            parts: vec![Part::Text(text.to_string())],
+        }
     }
 
     /// The whole topic: the default.

@@ -71,6 +71,11 @@ impl AckTracker {
         self.queued.len() + self.inflight.len()
     }
 
+    /// Publishes handed over that have no pkid yet.
+    pub fn unassigned(&self) -> usize {
+        self.queued.len()
+    }
+
     /// Alerts handed over and not yet acknowledged.
     pub fn alerts_in_flight(&self) -> usize {
         self.queued

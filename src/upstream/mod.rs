@@ -128,9 +128,13 @@ impl Upstream {
     async fn session(
         &mut self,
         client: AsyncClient,
-        mut eventloop: EventLoop,
+        eventloop: EventLoop,
         cancel: &CancellationToken,
     ) -> End {
+        // The poll future lives across loop turns and is never dropped
+        // half-way: rumqttc's `poll` is not cancel-safe while it connects
+        // (a cancelled poll throws the half-made connection away).
+        let mut poll: std::pin::Pin<Box<PollFuture>> = Box::pin(next_event(eventloop));
         let mut tracker = AckTracker::new();
         // Per connection, like the tracker: what is not acknowledged on this
         // connection is sent again (and timed again) on the next.
@@ -151,7 +155,9 @@ impl Upstream {
                     }
                     draining = Some(Instant::now() + DRAIN_TIMEOUT);
                 }
-                ev = eventloop.poll() => match ev {
+                (el, ev) = &mut poll => {
+                    poll = Box::pin(next_event(el));
+                    match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
                         last_ack = Instant::now();
@@ -192,7 +198,7 @@ impl Upstream {
                     }
                     Ok(_) => {}
                     Err(e) => return End::Lost { connected, reason: e.to_string() },
-                },
+                }},
                 changed = self.durable.changed(), if durable_open && connected && draining.is_none() => {
                     if changed.is_err() {
                         durable_open = false;
@@ -206,7 +212,8 @@ impl Upstream {
             }
             if let Some(deadline) = draining {
                 if tracker.alerts_in_flight() == 0 || Instant::now() >= deadline {
-                    self.goodbye(&client, &mut eventloop, deadline).await;
+                    self.goodbye(&client, poll, tracker.unassigned(), deadline)
+                        .await;
                     return End::Shutdown;
                 }
             } else if connected {
@@ -281,8 +288,15 @@ impl Upstream {
         }
     }
 
-    /// Clean shutdown: `offline` (retained), then DISCONNECT.
-    async fn goodbye(&self, client: &AsyncClient, eventloop: &mut EventLoop, deadline: Instant) {
+    /// Clean shutdown: `offline` (retained), then DISCONNECT. `poll` is the
+    /// pending poll of the session; the publish request wakes it.
+    async fn goodbye(
+        &self,
+        client: &AsyncClient,
+        mut poll: std::pin::Pin<Box<PollFuture>>,
+        unassigned: usize,
+        deadline: Instant,
+    ) {
         let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
         if client
             .try_publish(self.status_topic(), QoS::AtLeastOnce, true, "offline")
@@ -290,26 +304,54 @@ impl Upstream {
         {
             return;
         }
+        // Publishes handed over earlier produce their Outgoing events first;
+        // the offline one is the last.
+        let mut tracker_pending = unassigned + 1;
         let mut offline_pkid = None;
         loop {
-            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => offline_pkid = Some(pkid),
-                Ok(Ok(Event::Incoming(Packet::PubAck(a)))) if Some(a.pkid) == offline_pkid => break,
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => return,
+            let Ok((el, ev)) = tokio::time::timeout_at(deadline, &mut poll).await else {
+                return;
+            };
+            poll = Box::pin(next_event(el));
+            match ev {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    offline_pkid = Some(pkid);
+                    tracker_pending = tracker_pending.saturating_sub(1);
+                }
+                Ok(Event::Incoming(Packet::PubAck(a)))
+                    if tracker_pending == 0 && Some(a.pkid) == offline_pkid =>
+                {
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => return,
             }
         }
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout_at(deadline, async {
-            while let Ok(ev) = eventloop.poll().await {
-                if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
-                    break;
+            loop {
+                let (el, ev) = (&mut poll).await;
+                poll = Box::pin(next_event(el));
+                match ev {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
                 }
             }
         })
         .await;
         info!("upstream: published offline and disconnected");
     }
+}
+
+type PollFuture =
+    dyn std::future::Future<Output = (EventLoop, Result<Event, rumqttc::ConnectionError>)> + Send;
+
+/// Polls once, handing the event loop back with the event.
+pub async fn next_event(
+    mut eventloop: EventLoop,
+) -> (EventLoop, Result<Event, rumqttc::ConnectionError>) {
+    let ev = eventloop.poll().await;
+    (eventloop, ev)
 }
 
 /// Sleeps `d`; returns true when cancelled meanwhile.

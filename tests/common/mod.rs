@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The default deadline of a wait: long enough for a loaded 2-core CI
 /// machine, short enough that a broken test fails quickly.
@@ -1263,4 +1263,54 @@ pub fn retry_until<T>(
             panic!("timed out after {timeout:?}: {what}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Test folders, readings and alerts
+// ---------------------------------------------------------------------------
+
+/// A test's folder; kept (and its path printed) when `OUTPOST_E2E_KEEP` is
+/// set, to read the gateway's and the brokers' logs after a run.
+pub fn tempdir() -> tempfile::TempDir {
+    let keep = std::env::var_os("OUTPOST_E2E_KEEP").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix("outpost-e2e")
+        .disable_cleanup(keep)
+        .tempdir()
+        .unwrap();
+    if keep {
+        eprintln!("test folder kept: {}", dir.path().display());
+    }
+    dir
+}
+
+pub fn reading(sensor: &str, temperature: f64) -> String {
+    json!({ "sensor": sensor, "temperature": temperature }).to_string()
+}
+
+/// Writes `line` to `pty` until an alert matching `pred` arrives at `sub`.
+///
+/// Repeating a reading is harmless: a rule alerts on transitions, not per
+/// reading. It covers the gateway opening the port a moment late.
+pub fn serial_until(
+    pty: &mut Pty,
+    sub: &mut Subscriber,
+    line: &str,
+    what: &str,
+    pred: impl Fn(&Msg) -> bool,
+) -> Msg {
+    retry_until(
+        WAIT,
+        Duration::from_millis(500),
+        what,
+        || pty.write_line(line),
+        |t| sub.try_wait_for(t, |m| pred(m)),
+    )
+}
+
+pub fn alert_is(m: &Msg, sensor: &str, state: &str) -> bool {
+    m.topic.contains("/alerts/")
+        && serde_json::from_slice::<Value>(&m.payload)
+            .map(|v| v["sensor"] == sensor && v["state"] == state)
+            .unwrap_or(false)
 }
