@@ -51,20 +51,37 @@ impl Alert {
     /// The JSON bytes, with `message` cut (on a character boundary, marked
     /// with `…`) so the whole payload fits in `max` bytes. A broker refuses an
     /// oversized publish and rumqttc would retry it forever (PITFALLS.md).
+    /// If even an empty message does not fit (labels larger than `max`), the
+    /// labels go too; what is left (ids, names of at most 128 bytes, numbers,
+    /// times) fits in any `max_payload` the config accepts (1 KiB or more).
     pub fn to_payload(&self, max: usize) -> Vec<u8> {
         // Serializing a struct of strings and finite numbers cannot fail.
         let bytes = serde_json::to_vec(self).unwrap_or_default();
-        if bytes.len() <= max || self.message.is_empty() {
+        if bytes.len() <= max {
             return bytes;
         }
-        let over = bytes.len() - max;
         let mut cut = self.clone();
-        let mut keep = self.message.len().saturating_sub(over + "…".len() + 8);
-        while !cut.message.is_char_boundary(keep) {
-            keep -= 1;
+        let mut over = bytes.len() - max;
+        // JSON escapes can make the message longer on the wire than in
+        // memory, so cut again by what is still over until it fits.
+        while !cut.message.is_empty() {
+            let base = cut.message.trim_end_matches('…');
+            let mut keep = base.len().saturating_sub(over + "…".len());
+            while !base.is_char_boundary(keep) {
+                keep -= 1;
+            }
+            let mut m = base[..keep].to_string();
+            if !m.is_empty() {
+                m.push('…');
+            }
+            cut.message = m;
+            let bytes = serde_json::to_vec(&cut).unwrap_or_default();
+            if bytes.len() <= max {
+                return bytes;
+            }
+            over = bytes.len() - max;
         }
-        cut.message.truncate(keep);
-        cut.message.push('…');
+        cut.labels.clear();
         serde_json::to_vec(&cut).unwrap_or_default()
     }
 }
@@ -136,5 +153,26 @@ mod tests {
         let back: Alert = serde_json::from_slice(&p).unwrap();
         assert!(back.message.ends_with('…'));
         assert_eq!(back.id, a.id);
+    }
+
+    #[test]
+    fn a_message_full_of_json_escapes_is_still_cut_to_fit() {
+        let mut d = draft();
+        d.message = "\"\\".repeat(3000);
+        let p = Alert::new(&d, "gw", "abcdef", 1).to_payload(2048);
+        assert!(p.len() <= 2048, "{}", p.len());
+        assert!(serde_json::from_slice::<Alert>(&p).is_ok());
+    }
+
+    #[test]
+    fn labels_larger_than_the_limit_are_dropped_rather_than_overflow_it() {
+        let mut d = draft();
+        d.labels = (0..100)
+            .map(|i| (format!("k{i}"), "v".repeat(50)))
+            .collect();
+        let p = Alert::new(&d, "gw", "abcdef", 1).to_payload(1024);
+        assert!(p.len() <= 1024, "{}", p.len());
+        let back: Alert = serde_json::from_slice(&p).unwrap();
+        assert!(back.labels.is_empty() && back.message.is_empty());
     }
 }

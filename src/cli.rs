@@ -36,6 +36,9 @@ pub enum Command {
     /// Test and replay rules offline, with no broker and no running gateway.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Inspect or empty the outbox of a stopped gateway.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Show a running gateway's state: upstream link, outbox, sources, firing alerts.
     Status(StatusArgs),
 }
@@ -69,6 +72,16 @@ pub enum RulesCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Print the waiting alerts as a table, then the counters and pending events.
+    List(ConfigArg),
+    /// Print the waiting alerts as JSON lines: the payloads as they will be published.
+    Export(ConfigArg),
+    /// Remove every waiting alert (recorded as a `purged` event); prints how many.
+    Purge(ConfigArg),
+}
+
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
@@ -79,6 +92,7 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check(&a.config),
         Command::Run(a) => run(&a.config),
         Command::Status(a) => status(&a.config.config, a.json),
+        Command::Outbox(c) => crate::outbox::cli::run(c),
         Command::Rules(RulesCommand::Test { files }) => crate::offline::rules_test(&files),
         Command::Rules(RulesCommand::Replay { rules, input }) => {
             crate::offline::rules_replay(&rules, &input)
@@ -111,6 +125,9 @@ fn load(path: &std::path::Path) -> Result<Config, u8> {
 fn check(path: &std::path::Path) -> u8 {
     match load(path) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("{w}");
+            }
             println!("{}", c.summary());
             println!("{}: ok", path.display());
             EXIT_OK

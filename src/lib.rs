@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod diagnostic;
+pub mod health;
+pub mod homeassistant;
 pub mod http;
 pub mod logging;
 pub mod offline;

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, FlushPolicy};
-use crate::outbox::{OpenEvent, Outbox};
+use crate::outbox::{Bounds, OpenEvent, Outbox};
 use crate::reading::{Clock, Reading};
 use crate::rules::engine::{Engine, EngineSnapshot};
 use crate::rules::{AlertDraft, LocalPublish, Rule};
@@ -53,6 +53,9 @@ enum Control {
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    for w in &config.warnings {
+        warn!("{w}");
+    }
     let telemetry = Arc::new(Telemetry::new());
     telemetry
         .rules_loaded
@@ -67,6 +70,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         error!(moved_to = %moved_to.display(), %reason, "the outbox database was corrupt; moved it aside and started a fresh one");
         Telemetry::bump(&telemetry.outbox_errors);
     }
+    outbox.set_bounds(Bounds {
+        max_bytes: config.outbox.max_bytes,
+        max_age: Some(config.outbox.max_age).filter(|a| !a.is_zero()),
+    });
     let outbox = Arc::new(outbox);
     info!(
         gateway = %config.gateway.id,
@@ -142,6 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let upstream_task = match &config.upstream {
         Some(u) => {
             let up = Upstream {
+                gateway: config.gateway.id.clone(),
                 cfg: u.clone(),
                 outbox: outbox.clone(),
                 durable: durable_rx,
@@ -463,9 +471,21 @@ async fn writer_loop(
                 None => open = false,
             },
             _ = timer.tick() => {
+                // max_age: the drops are one batch, made durable by the next flush.
+                match outbox.expire(crate::reading::wall_ms()) {
+                    Ok(0) => {}
+                    Ok(_) => unflushed = true,
+                    Err(e) => {
+                        Telemetry::bump(&telemetry.outbox_errors);
+                        warn!(error = %e, "cannot drop expired alerts");
+                    }
+                }
                 if unflushed {
                     match outbox.flush().await {
-                        Ok(_) => unflushed = false,
+                        Ok(_) => {
+                            unflushed = false;
+                            Telemetry::bump(&telemetry.outbox_flushes);
+                        }
                         Err(e) => warn!(error = %e, "periodic outbox flush failed"),
                     }
                 }
@@ -487,6 +507,7 @@ async fn writer_loop(
                 match flush {
                     FlushPolicy::Always => match outbox.flush().await {
                         Ok(_) => {
+                            Telemetry::bump(&telemetry.outbox_flushes);
                             let _ = durable.send(publishable);
                         }
                         Err(e) => {
@@ -521,11 +542,154 @@ async fn writer_loop(
             }
         }
         if matches!(flush, FlushPolicy::Always) && unflushed && outbox.flush().await.is_ok() {
+            Telemetry::bump(&telemetry.outbox_flushes);
             unflushed = false;
             let _ = durable.send(outbox.next_seq().saturating_sub(1));
         }
     }
     if let Err(e) = outbox.flush().await {
         error!(error = %e, "final outbox flush failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{AlertState, Reason, Severity};
+
+    fn draft(i: u64) -> AlertDraft {
+        AlertDraft {
+            rule: "hot".into(),
+            sensor: format!("s{i}"),
+            metric: "t".into(),
+            state: AlertState::Firing,
+            severity: Severity::Warning,
+            value: i as f64,
+            threshold: 1.0,
+            ts_ms: 1_700_000_000_000,
+            since_ms: 1_700_000_000_000,
+            message: format!("alert {i}"),
+            labels: Default::default(),
+            actions: Vec::new(),
+            reason: Reason::Transition,
+        }
+    }
+
+    struct Writer {
+        _dir: tempfile::TempDir,
+        outbox: Arc<Outbox>,
+        tx: mpsc::Sender<Batch>,
+        durable: watch::Receiver<u64>,
+        telemetry: Arc<Telemetry>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn writer(flush: FlushPolicy) -> Writer {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(Outbox::open(dir.path()).unwrap().0);
+        let (tx, rx) = mpsc::channel(1024);
+        let (dtx, durable) = watch::channel(0);
+        let telemetry = Arc::new(Telemetry::new());
+        let task = tokio::spawn(writer_loop(
+            "gw".into(),
+            flush,
+            outbox.clone(),
+            rx,
+            dtx,
+            telemetry.clone(),
+        ));
+        Writer {
+            _dir: dir,
+            outbox,
+            tx,
+            durable,
+            telemetry,
+            task,
+        }
+    }
+
+    fn batch(i: u64) -> Batch {
+        Batch {
+            drafts: vec![draft(i)],
+            rules_state: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn alerts_arriving_together_share_one_flush_and_each_is_announced_only_after_it() {
+        let w = writer(FlushPolicy::Always);
+        // A burst from several producers while the writer works.
+        let mut producers = Vec::new();
+        for p in 0..4u64 {
+            let tx = w.tx.clone();
+            producers.push(tokio::spawn(async move {
+                for i in 0..100 {
+                    tx.send(batch(p * 1000 + i)).await.unwrap();
+                }
+            }));
+        }
+        let mut durable = w.durable.clone();
+        let watcher_outbox = w.outbox.clone();
+        let watcher_telemetry = w.telemetry.clone();
+        let watcher = tokio::spawn(async move {
+            // Every announcement comes after a flush that covers it.
+            let mut flushes_seen = 0;
+            while durable.changed().await.is_ok() {
+                let d = *durable.borrow_and_update();
+                let f = watcher_telemetry.outbox_flushes.load(Ordering::Relaxed);
+                assert!(
+                    f > flushes_seen || d == 0,
+                    "seq {d} announced without a new flush"
+                );
+                flushes_seen = f;
+                assert!(d < watcher_outbox.next_seq());
+                if d == 400 {
+                    return;
+                }
+            }
+        });
+        for p in producers {
+            p.await.unwrap();
+        }
+        watcher.await.unwrap();
+        drop(w.tx);
+        w.task.await.unwrap();
+        let flushes = w.telemetry.outbox_flushes.load(Ordering::Relaxed);
+        assert_eq!(w.outbox.depth(), 400);
+        assert!(
+            flushes < 400 / 4,
+            "group commit: 400 alerts in bursts took {flushes} flushes"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_a_flush_period_alerts_are_announced_at_once_and_flushed_on_the_period() {
+        let w = writer(FlushPolicy::Every(Duration::from_millis(300)));
+        let mut durable = w.durable.clone();
+        // The first tick of the period timer is immediate; let it pass.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = w.telemetry.outbox_flushes.load(Ordering::Relaxed);
+        w.tx.send(batch(1)).await.unwrap();
+        tokio::time::timeout(Duration::from_millis(250), async {
+            while *durable.borrow_and_update() < 1 {
+                durable.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("announced before the period ends");
+        assert_eq!(
+            w.telemetry.outbox_flushes.load(Ordering::Relaxed),
+            before,
+            "no flush per alert under a period"
+        );
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while w.telemetry.outbox_flushes.load(Ordering::Relaxed) == before {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("flushed on the period");
+        drop(w.tx);
+        w.task.await.unwrap();
     }
 }

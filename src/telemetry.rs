@@ -118,12 +118,12 @@ pub struct Telemetry {
     pub alerts_published: AtomicU64,
     pub alerts_acked: AtomicU64,
     pub outbox_errors: AtomicU64,
+    /// sled flushes by the outbox writer (group commit: fewer than alerts).
+    pub outbox_flushes: AtomicU64,
     pub rule_reloads: AtomicU64,
     pub rule_reload_errors: AtomicU64,
     /// Rules in force (set at start and on each accepted reload).
     pub rules_loaded: AtomicU64,
-    /// Alerts the outbox dropped to stay within its bounds.
-    pub outbox_dropped: AtomicU64,
     /// Last time the pipeline made progress (a reading evaluated, a tick),
     /// on the runtime's monotonic `Clock`: the watchdog and `/healthz` signal.
     pub last_progress_ms: AtomicU64,
@@ -160,10 +160,10 @@ impl Telemetry {
             alerts_published: AtomicU64::new(0),
             alerts_acked: AtomicU64::new(0),
             outbox_errors: AtomicU64::new(0),
+            outbox_flushes: AtomicU64::new(0),
             rule_reloads: AtomicU64::new(0),
             rule_reload_errors: AtomicU64::new(0),
             rules_loaded: AtomicU64::new(0),
-            outbox_dropped: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),
             publish_latency: Histogram::new(publish_latency_buckets()),
             sources: Mutex::new(Vec::new()),

@@ -59,7 +59,13 @@ pub fn sanitize(levels: &str) -> String {
 
 /// `{prefix}/alerts/{rule_id}/{sensor}`, safe whatever the sensor id holds.
 pub fn alert_topic(prefix: &str, rule_id: &str, sensor: &str) -> String {
-    let mut topic = format!("{prefix}/alerts/{}/{}", sanitize(rule_id), sanitize(sensor));
+    pair_topic(prefix, "alerts", rule_id, sensor)
+}
+
+/// `{prefix}/{kind}/{rule_id}/{sensor}` (`alerts`, `state`), safe whatever
+/// the sensor id holds, at most [`MAX_TOPIC_LEN`] bytes.
+pub fn pair_topic(prefix: &str, kind: &str, rule_id: &str, sensor: &str) -> String {
+    let mut topic = format!("{prefix}/{kind}/{}/{}", sanitize(rule_id), sanitize(sensor));
     if topic.len() > MAX_TOPIC_LEN {
         let mut end = MAX_TOPIC_LEN;
         while !topic.is_char_boundary(end) {

@@ -9,7 +9,7 @@
 pub mod broker;
 pub mod units;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +41,10 @@ pub struct Config {
     pub simulate: Vec<SimulateConfig>,
     /// The rules of every file in `gateway.rules`, already validated.
     pub rules: Vec<Rule>,
+    /// Things that work but should be fixed (a private key others can
+    /// read), as `FILE:LINE:COL: warning: ...`: printed by `check`, logged
+    /// at start.
+    pub warnings: Vec<Diagnostic>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +61,20 @@ pub struct UpstreamConfig {
     pub topic_prefix: String,
     /// Largest alert payload sent; longer messages are cut to fit.
     pub max_payload: usize,
+    /// `[homeassistant]`: MQTT discovery, when enabled.
+    pub homeassistant: Option<HomeAssistantConfig>,
+}
+
+/// `[homeassistant]`: each (rule, sensor) pair appears in Home Assistant as
+/// a `binary_sensor` of class `problem` (see `crate::homeassistant`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeAssistantConfig {
+    /// Default "homeassistant", as in Home Assistant's MQTT integration.
+    pub discovery_prefix: String,
+    /// The gateway id: node id in discovery topics and device identifier.
+    pub node_id: String,
+    /// The device name shown in Home Assistant (default: the gateway id).
+    pub node_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +181,8 @@ struct RawUpstream {
     topic_prefix: Option<Spanned<String>>,
     keep_alive: Option<Spanned<HumanDuration>>,
     max_payload: Option<Spanned<ByteSize>>,
+    #[serde(skip)]
+    client_id_span: Option<std::ops::Range<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -231,8 +251,23 @@ struct RawSimulate {
     noise: Option<f64>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHomeAssistant {
+    enabled: Option<bool>,
+    discovery_prefix: Option<Spanned<String>>,
+    node_name: Option<Spanned<String>>,
+}
+
 const SECTIONS: &[&str] = &[
-    "gateway", "upstream", "outbox", "http", "serial", "mqtt", "simulate",
+    "gateway",
+    "upstream",
+    "outbox",
+    "http",
+    "serial",
+    "mqtt",
+    "simulate",
+    "homeassistant",
 ];
 
 // ---------------------------------------------------------------------------
@@ -268,6 +303,8 @@ impl Config {
             base,
             diags: &mut diags,
             names: HashSet::new(),
+            warnings: Vec::new(),
+            client_ids: Vec::new(),
         };
 
         let mut sections: BTreeMap<&str, &Spanned<DeValue>> = BTreeMap::new();
@@ -296,10 +333,18 @@ impl Config {
             }
         };
         let gw_id = gateway.as_ref().map(|g| g.id.clone());
-        let upstream = sections
+        let mut upstream = sections
             .get("upstream")
             .and_then(|v| c.de::<RawUpstream>(v))
             .and_then(|raw| c.upstream(raw, gw_id.as_deref()));
+        if let Some(v) = sections.get("homeassistant")
+            && let Some(raw) = c.de::<RawHomeAssistant>(v)
+        {
+            let ha = c.homeassistant(raw, v.span(), gw_id.as_deref(), upstream.is_some());
+            if let Some(u) = upstream.as_mut() {
+                u.homeassistant = ha;
+            }
+        }
         let outbox = match sections.get("outbox") {
             Some(v) => c.de::<RawOutbox>(v).and_then(|raw| c.outbox(raw)),
             None => Some(OutboxConfig::default()),
@@ -330,6 +375,8 @@ impl Config {
             }
         }
 
+        let mut warnings = std::mem::take(&mut c.warnings);
+        warnings.sort_by_key(|d| (d.line, d.col));
         let rules = match &gateway {
             Some(g) => match crate::rules::file::load_files(&g.rules) {
                 Ok(rules) => rules,
@@ -371,6 +418,7 @@ impl Config {
                 mqtt,
                 simulate,
                 rules,
+                warnings,
             }),
             _ => Err(diags),
         }
@@ -393,11 +441,25 @@ impl Config {
                     (Some(user), None) => format!(", user {user}"),
                     _ => String::new(),
                 };
+                let tls = match (&u.broker.tls.ca_file, &u.broker.tls.cert_file) {
+                    _ if !u.broker.url.tls => "",
+                    (Some(_), Some(_)) => ", TLS with ca_file and a client certificate",
+                    (Some(_), None) => ", TLS with ca_file",
+                    (None, Some(_)) => ", TLS with a client certificate",
+                    (None, None) => ", TLS",
+                };
                 let _ = writeln!(
                     s,
-                    "upstream   {} as {}{auth}, alerts on {}/alerts/#",
+                    "upstream   {} as {}{auth}{tls}, alerts on {}/alerts/#",
                     u.broker.url, u.broker.client_id, u.topic_prefix
                 );
+                if let Some(ha) = &u.homeassistant {
+                    let _ = writeln!(
+                        s,
+                        "homeassistant discovery on {}/binary_sensor/{}/#, state on {}/state/#",
+                        ha.discovery_prefix, ha.node_id, u.topic_prefix
+                    );
+                }
             }
             None => {
                 let _ = writeln!(s, "upstream   none: alerts stay in the outbox and the log");
@@ -485,12 +547,50 @@ struct Compiler<'a, 'd> {
     base: PathBuf,
     diags: &'d mut Diagnostics,
     names: HashSet<String>,
+    warnings: Vec<Diagnostic>,
+    /// (`host:port`, client id, which section) of every broker connection,
+    /// to refuse two connections that would kick each other off.
+    client_ids: Vec<(String, String, String)>,
 }
 
 impl Compiler<'_, '_> {
     fn err(&mut self, span: std::ops::Range<usize>, msg: impl Into<String>) {
         let d = self.src.at(span, msg);
         self.diags.push(d);
+    }
+
+    fn warn(&mut self, span: std::ops::Range<usize>, msg: impl std::fmt::Display) {
+        let d = self.src.at(span, format!("warning: {msg}"));
+        self.warnings.push(d);
+    }
+
+    /// Refuses a second connection to the same broker with the same client
+    /// id: brokers drop the older of two such connections, so the two would
+    /// take turns kicking each other off forever.
+    fn unique_client_id(
+        &mut self,
+        url: &BrokerUrl,
+        client_id: &str,
+        who: String,
+        span: std::ops::Range<usize>,
+    ) {
+        let at = format!("{}:{}", url.host.to_ascii_lowercase(), url.port);
+        let clash = self
+            .client_ids
+            .iter()
+            .find(|(a, c, _)| *a == at && c == client_id)
+            .map(|(_, _, w)| w.clone());
+        match clash {
+            Some(other) => self.err(
+                span,
+                format!(
+                    "{who} connects to {url} with client_id `{client_id}`, like {other}; \
+                     the broker would drop one connection whenever the other connects: \
+                     give each its own `client_id`"
+                ),
+            ),
+            None => self.client_ids.push((at, client_id.to_string(), who)),
+        }
     }
 
     fn de<T: serde::de::DeserializeOwned>(&mut self, v: &Spanned<DeValue>) -> Option<T> {
@@ -635,6 +735,9 @@ impl Compiler<'_, '_> {
                 None
             }
         };
+        if password.is_some() {
+            self.inline_password_warning(url.span());
+        }
         let password = match (password, password_file) {
             (Some(_), Some(f)) => {
                 self.err(
@@ -647,7 +750,22 @@ impl Compiler<'_, '_> {
             (Some(p), None) => Some(Secret::new(p)),
             (None, Some(f)) => match self.existing_file(&f, "password file") {
                 Some(path) => match std::fs::read_to_string(&path) {
-                    Ok(s) => Some(Secret::new(s.trim_end_matches(['\r', '\n']).to_string())),
+                    Ok(s) if s.trim_end_matches(['\r', '\n']).is_empty() => {
+                        self.err(
+                            f.span(),
+                            format!("password file `{}` is empty", path.display()),
+                        );
+                        ok = false;
+                        None
+                    }
+                    Ok(s) => {
+                        if let Some(w) = crate::connect::loose_permissions("password_file", &path) {
+                            self.warn(f.span(), w);
+                        }
+                        // The first line, as documented; a trailing newline is not part of it.
+                        let first = s.lines().next().unwrap_or_default();
+                        Some(Secret::new(first.trim_end_matches('\r').to_string()))
+                    }
                     Err(e) => {
                         self.err(
                             f.span(),
@@ -672,6 +790,12 @@ impl Compiler<'_, '_> {
         let [ca, cert, key] = tls;
         let is_tls = parsed.as_ref().is_some_and(|u| u.tls);
         let mut files = TlsFiles::default();
+        let mut spans: HashMap<&str, std::ops::Range<usize>> = HashMap::new();
+        for (name, field) in [("ca_file", &ca), ("cert_file", &cert), ("key_file", &key)] {
+            if let Some(f) = field {
+                spans.insert(name, f.span());
+            }
+        }
         for (slot, field, name) in [
             (&mut files.ca_file, ca, "ca_file"),
             (&mut files.cert_file, cert, "cert_file"),
@@ -695,6 +819,12 @@ impl Compiler<'_, '_> {
             );
             ok = false;
         }
+        if let Some(key) = &files.key_file
+            && let Some(w) = crate::connect::loose_permissions("key_file", key)
+        {
+            let span = spans.get("key_file").cloned().unwrap_or_else(|| url.span());
+            self.warn(span, w);
+        }
         let keep_alive = match keep_alive {
             Some(k) if k.get_ref().0 < Duration::from_secs(5) => {
                 self.err(k.span(), "keep_alive must be at least 5s");
@@ -708,21 +838,32 @@ impl Compiler<'_, '_> {
             self.err(url.span(), "client_id must be 1 to 128 characters");
             ok = false;
         }
+        let url_span = url.span();
         let url = parsed?;
-        ok.then_some(BrokerConfig {
+        let cfg = ok.then_some(BrokerConfig {
             url,
             client_id,
             username,
             password,
             tls: files,
             keep_alive,
-        })
+        })?;
+        // Parse the PEM files now: a wrong file is a `check` error, not a
+        // connection that fails at 3 a.m.
+        if let Err(e) = crate::connect::check_tls_files(&cfg) {
+            let span = spans.get(e.key()).cloned().unwrap_or(url_span);
+            self.err(span, e.to_string());
+            return None;
+        }
+        Some(cfg)
     }
 
-    fn upstream(&mut self, raw: RawUpstream, gw: Option<&str>) -> Option<UpstreamConfig> {
+    fn upstream(&mut self, mut raw: RawUpstream, gw: Option<&str>) -> Option<UpstreamConfig> {
         let gw = gw.unwrap_or("gateway");
+        raw.client_id_span = raw.client_id.as_ref().map(Spanned::span);
         let client_id = raw
             .client_id
+            .take()
             .map(Spanned::into_inner)
             .unwrap_or_else(|| format!("outpost-{gw}"));
         let prefix = match raw.topic_prefix {
@@ -752,10 +893,69 @@ impl Compiler<'_, '_> {
             [raw.ca_file, raw.cert_file, raw.key_file],
             raw.keep_alive,
         )?;
+        let span = raw.client_id_span.unwrap_or_else(|| raw.url.span());
+        self.unique_client_id(&broker.url, &broker.client_id, "[upstream]".into(), span);
         Some(UpstreamConfig {
             broker,
             topic_prefix: prefix,
             max_payload,
+            homeassistant: None,
+        })
+    }
+
+    /// A password written into the config file itself, when that file is
+    /// readable by others.
+    fn inline_password_warning(&mut self, span: std::ops::Range<usize>) {
+        if let Some(w) = crate::connect::loose_permissions("this config file", self.src.path) {
+            self.warn(
+                span,
+                format!("{w}, and it holds a `password`; or move it into a `password_file`"),
+            );
+        }
+    }
+
+    fn homeassistant(
+        &mut self,
+        raw: RawHomeAssistant,
+        span: std::ops::Range<usize>,
+        gw: Option<&str>,
+        has_upstream: bool,
+    ) -> Option<HomeAssistantConfig> {
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let mut ok = true;
+        if !has_upstream {
+            self.err(
+                span.clone(),
+                "[homeassistant] needs an [upstream] broker (Home Assistant's), which is missing or invalid",
+            );
+            ok = false;
+        }
+        let discovery_prefix = match raw.discovery_prefix {
+            Some(p) => {
+                if let Err(e) = topic::validate_prefix(p.get_ref()) {
+                    self.err(p.span(), e.replace("topic_prefix", "discovery_prefix"));
+                    ok = false;
+                }
+                p.into_inner()
+            }
+            None => "homeassistant".to_string(),
+        };
+        let node_id = gw.unwrap_or("gateway").to_string();
+        let node_name = match raw.node_name {
+            Some(n) if n.get_ref().trim().is_empty() || n.get_ref().len() > 128 => {
+                self.err(n.span(), "node_name must be 1 to 128 characters");
+                ok = false;
+                String::new()
+            }
+            Some(n) => n.into_inner(),
+            None => node_id.clone(),
+        };
+        ok.then_some(HomeAssistantConfig {
+            discovery_prefix,
+            node_id,
+            node_name,
         })
     }
 
@@ -946,6 +1146,10 @@ impl Compiler<'_, '_> {
         let max_payload = raw
             .max_payload
             .map_or(64 << 10, |m| m.into_inner().0 as usize);
+        let client_id_span = raw
+            .client_id
+            .as_ref()
+            .map_or_else(|| raw.url.span(), Spanned::span);
         let client_id = raw.client_id.map_or_else(
             || format!("outpost-{}-{}", gw.unwrap_or("gateway"), name.get_ref()),
             Spanned::into_inner,
@@ -960,6 +1164,12 @@ impl Compiler<'_, '_> {
             raw.keep_alive,
         );
         let broker = broker?;
+        self.unique_client_id(
+            &broker.url,
+            &broker.client_id,
+            format!("[[mqtt]] `{}`", name.get_ref()),
+            client_id_span,
+        );
         ok.then(|| MqttSourceConfig {
             name: name.into_inner(),
             broker,

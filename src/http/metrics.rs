@@ -23,7 +23,7 @@
 //! | `outpost_outbox_depth` | gauge | |
 //! | `outpost_outbox_bytes` | gauge | |
 //! | `outpost_outbox_oldest_age_seconds` | gauge | (0 when empty) |
-//! | `outpost_outbox_dropped_total` | counter | |
+//! | `outpost_outbox_dropped_total` | counter | `severity` |
 //! | `outpost_outbox_errors_total` | counter | |
 //! | `outpost_upstream_connected` | gauge | |
 //! | `outpost_upstream_reconnects_total` | counter | |
@@ -42,6 +42,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::HttpState;
+use crate::rules::Severity;
 
 /// What `/metrics` answers with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -200,10 +201,17 @@ pub fn encode(state: &HttpState) -> Result<String, std::fmt::Error> {
         Unit::Seconds,
         gauge(i64::try_from(oldest_age).unwrap_or(i64::MAX)),
     );
+    let dropped: Family<Labels, Counter> = Family::default();
+    let by = ob.dropped();
+    for sev in [Severity::Info, Severity::Warning, Severity::Critical] {
+        dropped
+            .get_or_create(&vec![("severity", sev.to_string())])
+            .inc_by(by.get(sev));
+    }
     reg.register(
         "outbox_dropped",
-        "Alerts dropped to keep the outbox within max_bytes and max_age",
-        counter(load(&t.outbox_dropped)),
+        "Alerts dropped to keep the outbox within max_bytes and max_age, by severity",
+        dropped,
     );
     reg.register(
         "outbox_errors",

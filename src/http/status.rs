@@ -70,7 +70,7 @@ pub struct OldestAlert {
     pub sensor: String,
     pub state: String,
     pub ts: String,
-    /// Seconds since `ts` by the gateway's wall clock (0 if the clock went back).
+    /// Seconds it has waited in the outbox (wall clock; 0 if the clock went back).
     pub age_s: u64,
 }
 

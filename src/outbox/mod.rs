@@ -1,53 +1,102 @@
 //! The durable outbox: every alert is written here before it is published,
-//! and leaves only when the upstream broker acknowledged that very alert.
+//! and leaves only when the upstream broker acknowledged that very alert, or
+//! when the bound drops it (counted and reported).
 //!
 //! This is the only module that imports sled.
 //!
 //! # Format
 //!
-//! One sled tree, `outbox`, two key spaces:
+//! One sled tree, `outbox`, four key spaces. Integers are big-endian, so
+//! sled's key order is numeric order.
 //!
-//! - `a` + seq (u64 big-endian): one alert, its value the exact JSON payload
-//!   that is published. Big-endian keys make sled's order the seq order.
-//! - `m` + name: metadata. `m/next_seq` (u64 BE) is the seq the next alert
-//!   gets, `m/db_id` the 6 hex digits that make alert ids unique even if this
-//!   database is ever replaced, `m/rules_state` the rule engine's snapshot.
+//! - `a` + seq (u64): one alert. Value: a 10-byte header, format byte `1`,
+//!   severity (`0` info, `1` warning, `2` critical), creation time (wall
+//!   clock, Unix ms, i64), then the exact JSON payload that is published.
+//! - `s` + severity (u8) + seq (u64): the severity index, one entry per
+//!   alert; value the payload length (u32). Eviction walks `s0…`, then
+//!   `s1…`, then `s2…`: lowest severity first, oldest first within one,
+//!   without reading payloads. Opening sums these entries for the depth and
+//!   byte counters (only the small index is read, not every payload).
+//! - `e` + n (u64): a pending event for `{topic_prefix}/events` (JSON of
+//!   [`OutboxEvent`]), removed on the broker's PUBACK for it.
+//! - `m` + name: metadata. `m/next_seq` the seq the next alert gets,
+//!   `m/db_id` the 6 hex digits that make alert ids unique even if this
+//!   database is ever replaced, `m/rules_state` the rule engine's snapshot,
+//!   `m/next_event` the next event number, `m/dropped/{info,warning,critical}`
+//!   how many alerts the bound dropped, ever, in this database.
 //!
 //! # Durability contract
 //!
-//! - [`Outbox::push`] writes the alerts, the advanced `next_seq` and (if
-//!   given) the engine snapshot in one sled batch: atomically, so after a
-//!   crash either all of them are there or none is. A seq is never reused.
+//! - Every change is one sled batch, so after a crash either all of it is
+//!   there or none: [`Outbox::push`] writes the alerts, their index entries,
+//!   the advanced `next_seq` and (if given) the engine snapshot together; an
+//!   eviction removes alerts and index entries and writes the drop counters
+//!   and the event reporting them together; [`Outbox::ack`] removes an alert
+//!   and its index entry together. A seq is never reused; the index and the
+//!   counters never disagree with the alerts.
 //! - Written is not yet durable: only after [`Outbox::flush`] returns are the
 //!   writes guaranteed to survive a crash or power cut (sled's `flush`
 //!   contract). With `flush = "always"` the runtime flushes before
 //!   publishing, and alerts pushed together share one flush (group commit).
 //!   sled's own background flush (every 500 ms) still runs: it also reclaims
 //!   space, and it bounds what kill -9 can lose under a `flush` period.
-//! - [`Outbox::ack`] removes one alert, by seq. It is called only for the
-//!   PUBACK of that alert (see `upstream`), never before: reading never
-//!   removes (no `pop_min`), so at-least-once holds across crashes.
+//! - [`Outbox::ack`] removes one alert, by seq ([`Outbox::ack_many`] several,
+//!   in one batch). It is called only for the PUBACK of that alert (see
+//!   `upstream`), never before: reading never removes (no `pop_min`), so
+//!   at-least-once holds across crashes.
+//! - Bounds ([`Bounds`]): after every push, while the payload bytes exceed
+//!   `max_bytes`, alerts are dropped, info before warning before critical,
+//!   oldest first within a severity (a new info alert can be dropped at once
+//!   when only critical ones are older). [`Outbox::expire`] (called
+//!   periodically) drops alerts created more than `max_age` ago, oldest
+//!   first; alerts stamped before 2020 (a Pi that booted without a real-time
+//!   clock and had not synced yet) are never aged out, only bounded by size.
+//!   `max_bytes` counts payload bytes; sled's files are larger (log, pages).
 //! - A database that will not open (sled reports corruption, e.g. after a
 //!   power cut) is moved aside to `outbox.corrupt-<unix time>` and a fresh
-//!   one is started, with a new `db_id`, so ids stay unique; the event is
-//!   returned to the caller to log, count and report. The gateway never
-//!   crash-loops on it.
+//!   one is started, with a new `db_id`, so ids stay unique; a
+//!   `database_replaced` event is stored in the fresh one, and the event is
+//!   returned to the caller to log and count. The gateway never crash-loops
+//!   on it.
+//!
+//! All changes go through one mutex, so an ack and an eviction of the same
+//! alert cannot both count it. Reads (`after`, counters) take no lock.
 //!
 //! sled is tuned for a small device: a 4 MiB page cache instead of 1 GiB
 //! (RSS grows with it), low-space mode.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+pub mod cli;
+pub mod event;
 
-use crate::alert::Alert;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use crate::alert::{Alert, rfc3339_ms};
 use crate::rules::{AlertDraft, Severity};
+use crate::telemetry::WarnLimiter;
+pub use event::{BySeverity, DropReason, OutboxEvent};
 
 const TREE: &[u8] = b"outbox";
 const ALERT: u8 = b'a';
+const INDEX: u8 = b's';
+const EVENT: u8 = b'e';
 const NEXT_SEQ: &[u8] = b"m/next_seq";
 const DB_ID: &[u8] = b"m/db_id";
 const RULES_STATE: &[u8] = b"m/rules_state";
+const NEXT_EVENT: &[u8] = b"m/next_event";
+const SEVERITIES: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::Critical];
+
+/// First byte of a stored alert value.
+const RECORD_FORMAT: u8 = 1;
+const HEADER: usize = 10;
+/// 2020-01-01T00:00:00Z: creation times before it mean the clock was not set.
+const SANE_WALL_MS: i64 = 1_577_836_800_000;
+/// Records looked at per `expire` call at most (bounds the work per tick).
+const EXPIRE_SCAN: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -73,10 +122,29 @@ pub enum OpenEvent {
     Replaced { moved_to: PathBuf, reason: String },
 }
 
+/// The outbox bounds (`[outbox] max_bytes`, `max_age`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Payload bytes of waiting alerts, at most.
+    pub max_bytes: u64,
+    /// Alerts older than this are dropped; `None`: never.
+    pub max_age: Option<Duration>,
+}
+
+impl Bounds {
+    pub const NONE: Bounds = Bounds {
+        max_bytes: u64::MAX,
+        max_age: None,
+    };
+}
+
 /// One stored alert.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     pub seq: u64,
+    pub severity: Severity,
+    /// When it was stored (wall clock, Unix ms).
+    pub created_ms: i64,
     /// The JSON payload, exactly as published.
     pub payload: Vec<u8>,
 }
@@ -88,6 +156,47 @@ impl Record {
             reason: e.to_string(),
         })
     }
+
+    fn decode(seq: u64, v: &[u8]) -> Result<Record, OutboxError> {
+        let bad = |reason: &str| OutboxError::Record {
+            seq,
+            reason: reason.to_string(),
+        };
+        if v.len() < HEADER || v[0] != RECORD_FORMAT {
+            return Err(bad("unknown record format"));
+        }
+        let severity = severity_from_byte(v[1]).ok_or_else(|| bad("unknown severity"))?;
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&v[2..10]);
+        Ok(Record {
+            seq,
+            severity,
+            created_ms: i64::from_be_bytes(ts),
+            payload: v[HEADER..].to_vec(),
+        })
+    }
+}
+
+/// A snapshot of the counters, for health, status and `outbox list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub depth: u64,
+    pub bytes: u64,
+    pub next_seq: u64,
+    pub dropped: BySeverity,
+    /// Creation time of the oldest waiting alert.
+    pub oldest_created_ms: Option<i64>,
+    pub events_pending: u64,
+}
+
+/// What the mutex guards: everything a change must see consistently.
+struct State {
+    next_seq: u64,
+    next_event: u64,
+    /// Events numbered below this are being published: never merged into.
+    sealed_below: u64,
+    bounds: Bounds,
+    drop_log: WarnLimiter,
 }
 
 pub struct Outbox {
@@ -95,10 +204,11 @@ pub struct Outbox {
     tree: sled::Tree,
     db_id: String,
     path: PathBuf,
-    /// Serializes pushes so seqs are handed out in order.
-    next_seq: Mutex<u64>,
+    state: Mutex<State>,
     depth: AtomicU64,
     bytes: AtomicU64,
+    dropped: [AtomicU64; 3],
+    events: AtomicU64,
 }
 
 /// How much of sled's page cache to keep in memory.
@@ -111,14 +221,66 @@ fn seq_key(seq: u64) -> [u8; 9] {
     k
 }
 
+fn index_key(sev: Severity, seq: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0] = INDEX;
+    k[1] = severity_byte(sev);
+    k[2..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn event_key(n: u64) -> [u8; 9] {
+    let mut k = seq_key(n);
+    k[0] = EVENT;
+    k
+}
+
+fn dropped_key(sev: Severity) -> Vec<u8> {
+    format!("m/dropped/{sev}").into_bytes()
+}
+
+fn severity_byte(s: Severity) -> u8 {
+    match s {
+        Severity::Info => 0,
+        Severity::Warning => 1,
+        Severity::Critical => 2,
+    }
+}
+
+fn severity_from_byte(b: u8) -> Option<Severity> {
+    SEVERITIES.get(usize::from(b)).copied()
+}
+
+fn sev_index(s: Severity) -> usize {
+    usize::from(severity_byte(s))
+}
+
 fn key_seq(k: &[u8]) -> Option<u64> {
-    let b: [u8; 8] = k.get(1..9)?.try_into().ok()?;
+    let b: [u8; 8] = k.get(k.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(b))
 }
 
 fn u64_value(v: Option<sled::IVec>) -> Option<u64> {
     let b: [u8; 8] = v?.as_ref().try_into().ok()?;
     Some(u64::from_be_bytes(b))
+}
+
+/// What an eviction changes in memory once its batch is applied.
+#[derive(Debug, Default)]
+struct Effects {
+    counts: BySeverity,
+    freed: u64,
+    /// The next event number, when a new event was started.
+    new_event: Option<u64>,
+}
+
+/// One alert chosen for eviction.
+#[derive(Debug, Clone, Copy)]
+struct Victim {
+    seq: u64,
+    severity: Severity,
+    len: u64,
+    reason: DropReason,
 }
 
 impl Outbox {
@@ -134,13 +296,19 @@ impl Outbox {
             Ok(Err(e)) => return Err(e),
             Err(_) => "sled panicked while opening the database".to_string(),
         };
-        let stamp = crate::reading::wall_ms() / 1000;
-        let moved_to = dir.join(format!("outbox.corrupt-{stamp}"));
+        let now = crate::reading::wall_ms();
+        let moved_to = dir.join(format!("outbox.corrupt-{}", now / 1000));
         std::fs::rename(&path, &moved_to).map_err(|source| OutboxError::MoveAside {
             path: path.clone(),
             source,
         })?;
         let o = Outbox::open_at(&path)?;
+        o.add_event(&OutboxEvent::DatabaseReplaced {
+            moved_to: moved_to.display().to_string(),
+            reason: reason.clone(),
+            ts: rfc3339_ms(now),
+        })?;
+        o.flush_blocking()?;
         Ok((o, Some(OpenEvent::Replaced { moved_to, reason })))
     }
 
@@ -171,30 +339,61 @@ impl Outbox {
                 id
             }
         };
-        // Counted once at open; kept up to date in memory afterwards
-        // (`Tree::len` would scan every time).
+        // Counted once at open from the small index; kept up to date in
+        // memory afterwards (`Tree::len` would scan every time).
         let mut depth = 0;
         let mut bytes = 0;
-        let mut last_seq = None;
-        for kv in tree.scan_prefix([ALERT]) {
-            let (k, v) = kv.map_err(open_err)?;
+        for kv in tree.scan_prefix([INDEX]) {
+            let (_, v) = kv.map_err(open_err)?;
             depth += 1;
-            bytes += v.len() as u64;
-            last_seq = key_seq(&k);
+            bytes += u64::from(u32_value(&v));
         }
+        let last_seq = match tree.scan_prefix([ALERT]).next_back() {
+            Some(kv) => key_seq(&kv.map_err(open_err)?.0),
+            None => None,
+        };
         let stored_next = u64_value(tree.get(NEXT_SEQ).map_err(open_err)?).unwrap_or(1);
         // next_seq is written in the same batch as its alerts, so it is never
         // behind them; the max() only guards against a hand-edited database.
         let next_seq = stored_next.max(last_seq.map_or(1, |s| s + 1));
+        let mut events = 0;
+        let mut last_event = None;
+        for kv in tree.scan_prefix([EVENT]) {
+            let (k, _) = kv.map_err(open_err)?;
+            events += 1;
+            last_event = key_seq(&k);
+        }
+        let next_event = u64_value(tree.get(NEXT_EVENT).map_err(open_err)?)
+            .unwrap_or(1)
+            .max(last_event.map_or(1, |n| n + 1));
+        let dropped = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+        for s in SEVERITIES {
+            let n = u64_value(tree.get(dropped_key(s)).map_err(open_err)?).unwrap_or(0);
+            dropped[sev_index(s)].store(n, Ordering::Relaxed);
+        }
         Ok(Outbox {
             db,
             tree,
             db_id,
             path: path.to_path_buf(),
-            next_seq: Mutex::new(next_seq),
+            state: Mutex::new(State {
+                next_seq,
+                next_event,
+                sealed_below: 0,
+                bounds: Bounds::NONE,
+                drop_log: WarnLimiter::new(Duration::from_secs(10)),
+            }),
             depth: AtomicU64::new(depth),
             bytes: AtomicU64::new(bytes),
+            dropped,
+            events: AtomicU64::new(events),
         })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave sled inconsistent
+        // (every change is one batch), so the state is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The 6 hex digits identifying this database in alert ids.
@@ -206,29 +405,58 @@ impl Outbox {
         &self.path
     }
 
+    /// Sets the bounds; enforced from the next push or [`Outbox::expire`].
+    pub fn set_bounds(&self, bounds: Bounds) {
+        self.lock().bounds = bounds;
+    }
+
     /// Stores `drafts` as alerts with consecutive seqs, and `rules_state` if
-    /// given, in one atomic batch. Not yet durable: see [`Outbox::flush`].
+    /// given, in one atomic batch, then enforces `max_bytes`. Not yet
+    /// durable: see [`Outbox::flush`].
     pub fn push(
         &self,
         gateway: &str,
         drafts: &[AlertDraft],
         rules_state: Option<&[u8]>,
     ) -> Result<Vec<Alert>, OutboxError> {
-        let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+        self.push_at(gateway, drafts, rules_state, crate::reading::wall_ms())
+    }
+
+    /// [`Outbox::push`] with the creation time given (tests, benchmarks).
+    pub fn push_at(
+        &self,
+        gateway: &str,
+        drafts: &[AlertDraft],
+        rules_state: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<Vec<Alert>, OutboxError> {
+        let mut st = self.lock();
         let mut batch = sled::Batch::default();
         let mut alerts = Vec::with_capacity(drafts.len());
-        let mut added = 0u64;
-        let mut seq = *next;
+        let mut fresh = Vec::with_capacity(drafts.len());
+        let mut seq = st.next_seq;
         for d in drafts {
             let alert = Alert::new(d, gateway, &self.db_id, seq);
             // The stored bytes are the published bytes; the size cap for the
             // broker is applied when publishing.
-            let payload = serde_json::to_vec(&alert).map_err(|e| OutboxError::Record {
+            let mut value = Vec::with_capacity(HEADER + 512);
+            value.push(RECORD_FORMAT);
+            value.push(severity_byte(d.severity));
+            value.extend_from_slice(&now_ms.to_be_bytes());
+            serde_json::to_writer(&mut value, &alert).map_err(|e| OutboxError::Record {
                 seq,
                 reason: e.to_string(),
             })?;
-            added += payload.len() as u64;
-            batch.insert(&seq_key(seq), payload);
+            let len = (value.len() - HEADER) as u64;
+            batch.insert(&seq_key(seq), value);
+            let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+            batch.insert(&index_key(d.severity, seq), &len32.to_be_bytes());
+            fresh.push(Victim {
+                seq,
+                severity: d.severity,
+                len,
+                reason: DropReason::MaxBytes,
+            });
             alerts.push(alert);
             seq += 1;
         }
@@ -236,11 +464,242 @@ impl Outbox {
         if let Some(state) = rules_state {
             batch.insert(RULES_STATE, state);
         }
+        // The bound is enforced in the same batch: no moment, on disk or in
+        // the counters, holds more than max_bytes.
+        let added: u64 = fresh.iter().map(|v| v.len).sum();
+        let victims = self.over_bytes(&st, added, &fresh)?;
+        let effects = self.evict_into(&mut batch, &st, &victims, now_ms)?;
         self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
-        *next = seq;
-        self.depth.fetch_add(drafts.len() as u64, Ordering::Relaxed);
-        self.bytes.fetch_add(added, Ordering::Relaxed);
+        st.next_seq = seq;
+        // Net changes, one update each: readers never see the pre-eviction bytes.
+        add_signed(&self.depth, drafts.len() as u64, victims.len() as u64);
+        add_signed(&self.bytes, added, effects.freed);
+        self.applied(&mut st, effects, &victims);
         Ok(alerts)
+    }
+
+    /// What to drop so that the stored bytes plus `added` (the `fresh`
+    /// alerts about to be stored) fit `max_bytes`: info, then warning, then
+    /// critical; oldest first within each (fresh ones are the newest).
+    fn over_bytes(
+        &self,
+        st: &State,
+        added: u64,
+        fresh: &[Victim],
+    ) -> Result<Vec<Victim>, OutboxError> {
+        let mut over = (self.bytes() + added).saturating_sub(st.bounds.max_bytes);
+        let mut victims = Vec::new();
+        if over == 0 {
+            return Ok(victims);
+        }
+        for sev in SEVERITIES {
+            let stored = self
+                .tree
+                .scan_prefix([INDEX, severity_byte(sev)])
+                .map(|kv| {
+                    let (k, v) = kv.map_err(OutboxError::Write)?;
+                    Ok(key_seq(&k).map(|seq| Victim {
+                        seq,
+                        severity: sev,
+                        len: u64::from(u32_value(&v)),
+                        reason: DropReason::MaxBytes,
+                    }))
+                });
+            let new = fresh
+                .iter()
+                .filter(|v| v.severity == sev)
+                .map(|v| Ok(Some(*v)));
+            for v in stored.chain(new) {
+                let Some(v) = v? else { continue };
+                victims.push(v);
+                over = over.saturating_sub(v.len.max(1));
+                if over == 0 {
+                    return Ok(victims);
+                }
+            }
+        }
+        Ok(victims)
+    }
+
+    /// Drops alerts created more than `max_age` before `now_ms`, oldest
+    /// first. Call periodically. Returns how many were dropped.
+    pub fn expire(&self, now_ms: i64) -> Result<u64, OutboxError> {
+        let mut st = self.lock();
+        let Some(age) = st.bounds.max_age else {
+            return Ok(0);
+        };
+        let cutoff = now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+        let mut victims = Vec::new();
+        for kv in self.tree.scan_prefix([ALERT]).take(EXPIRE_SCAN) {
+            let (k, v) = kv.map_err(OutboxError::Write)?;
+            let Some(seq) = key_seq(&k) else { continue };
+            let Ok(r) = Record::decode(seq, &v) else {
+                continue;
+            };
+            if r.created_ms < SANE_WALL_MS {
+                continue; // the clock was not set: age unknown
+            }
+            if r.created_ms >= cutoff {
+                break;
+            }
+            victims.push(Victim {
+                seq,
+                severity: r.severity,
+                len: r.payload.len() as u64,
+                reason: DropReason::MaxAge,
+            });
+        }
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        let effects = self.evict_into(&mut batch, &st, &victims, now_ms)?;
+        self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
+        self.depth
+            .fetch_sub(victims.len() as u64, Ordering::Relaxed);
+        self.bytes.fetch_sub(effects.freed, Ordering::Relaxed);
+        self.applied(&mut st, effects, &victims);
+        Ok(victims.len() as u64)
+    }
+
+    /// Adds to `batch` the removal of `victims`, the advanced drop counters
+    /// and the `dropped` event that reports them (merged into the newest
+    /// event when that one is an unsealed `dropped` one).
+    fn evict_into(
+        &self,
+        batch: &mut sled::Batch,
+        st: &State,
+        victims: &[Victim],
+        now_ms: i64,
+    ) -> Result<Effects, OutboxError> {
+        let mut fx = Effects::default();
+        if victims.is_empty() {
+            return Ok(fx);
+        }
+        let ts = rfc3339_ms(now_ms);
+        let (n, mut ev, new) = match self.last_event()? {
+            Some((n, e @ OutboxEvent::Dropped { .. })) if n >= st.sealed_below => (n, e, false),
+            _ => (st.next_event, OutboxEvent::dropped(ts.clone()), true),
+        };
+        for v in victims {
+            // Removes override inserts of the same key earlier in the batch.
+            batch.remove(&seq_key(v.seq));
+            batch.remove(&index_key(v.severity, v.seq));
+            fx.counts.add(v.severity, 1);
+            fx.freed += v.len;
+            ev.add_drop(v.seq, v.severity, v.reason, &ts);
+        }
+        for s in SEVERITIES {
+            let c = fx.counts.get(s);
+            if c > 0 {
+                let total = self.dropped[sev_index(s)].load(Ordering::Relaxed) + c;
+                batch.insert(dropped_key(s), &total.to_be_bytes());
+            }
+        }
+        batch.insert(&event_key(n), event_bytes(&ev));
+        if new {
+            batch.insert(NEXT_EVENT, &(n + 1).to_be_bytes());
+            fx.new_event = Some(n + 1);
+        }
+        Ok(fx)
+    }
+
+    /// The in-memory side of an applied eviction (but depth and bytes,
+    /// which the caller updates), and its (rate-limited) log line.
+    fn applied(&self, st: &mut State, fx: Effects, victims: &[Victim]) {
+        if victims.is_empty() {
+            return;
+        }
+        if let Some(next) = fx.new_event {
+            st.next_event = next;
+            self.events.fetch_add(1, Ordering::Relaxed);
+        }
+        for s in SEVERITIES {
+            self.dropped[sev_index(s)].fetch_add(fx.counts.get(s), Ordering::Relaxed);
+        }
+        let n = victims.len() as u64;
+        if let Some(suppressed) = st.drop_log.check(Instant::now()) {
+            let first = victims.iter().map(|v| v.seq).min().unwrap_or(0);
+            let last = victims.iter().map(|v| v.seq).max().unwrap_or(0);
+            warn!(
+                dropped = n,
+                info = fx.counts.info,
+                warning = fx.counts.warning,
+                critical = fx.counts.critical,
+                first,
+                last,
+                reason = ?victims[0].reason,
+                similar_warnings_suppressed = suppressed,
+                "outbox bound reached: alerts dropped (reported on the events topic)"
+            );
+        }
+    }
+
+    fn last_event(&self) -> Result<Option<(u64, OutboxEvent)>, OutboxError> {
+        match self.tree.scan_prefix([EVENT]).next_back() {
+            Some(kv) => {
+                let (k, v) = kv.map_err(OutboxError::Write)?;
+                let Some(n) = key_seq(&k) else {
+                    return Ok(None);
+                };
+                Ok(serde_json::from_slice(&v).ok().map(|e| (n, e)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a new event (not merged into any other).
+    fn add_event(&self, ev: &OutboxEvent) -> Result<(), OutboxError> {
+        let mut st = self.lock();
+        let n = st.next_event;
+        let mut batch = sled::Batch::default();
+        batch.insert(&event_key(n), event_bytes(ev));
+        batch.insert(NEXT_EVENT, &(n + 1).to_be_bytes());
+        self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
+        st.next_event = n + 1;
+        self.events.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Every event waiting for publication, oldest first, with its number.
+    pub fn events(&self) -> Result<Vec<(u64, OutboxEvent)>, OutboxError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([EVENT]) {
+            let (k, v) = kv.map_err(OutboxError::Write)?;
+            let Some(n) = key_seq(&k) else { continue };
+            match serde_json::from_slice(&v) {
+                Ok(e) => out.push((n, e)),
+                Err(e) => warn!(event = n, error = %e, "skipping an unreadable outbox event"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Outbox::events`], for publishing: they are sealed, so later drops
+    /// go into a new event and what the broker acknowledges is exactly
+    /// what was sent.
+    pub fn events_to_publish(&self) -> Result<Vec<(u64, OutboxEvent)>, OutboxError> {
+        let mut st = self.lock();
+        let out = self.events()?;
+        st.sealed_below = st.next_event;
+        Ok(out)
+    }
+
+    /// Removes event `n`: call only on the broker's PUBACK for it.
+    pub fn ack_event(&self, n: u64) -> Result<bool, OutboxError> {
+        let _st = self.lock();
+        match self.tree.remove(event_key(n)).map_err(OutboxError::Write)? {
+            Some(_) => {
+                self.events.fetch_sub(1, Ordering::Relaxed);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Events waiting for publication.
+    pub fn events_pending(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
     }
 
     /// Stores the rule engine's snapshot alone (when no alert changed).
@@ -269,7 +728,8 @@ impl Outbox {
         self.db.flush().map_err(OutboxError::Write)
     }
 
-    /// Up to `limit` alerts with seq greater than `after` (all when `None`), in seq order.
+    /// Up to `limit` alerts with seq greater than `after` (all when `None`),
+    /// in seq order.
     pub fn after(&self, after: Option<u64>, limit: usize) -> Result<Vec<Record>, OutboxError> {
         let start = match after {
             Some(s) => match s.checked_add(1) {
@@ -283,26 +743,55 @@ impl Outbox {
         for kv in self.tree.range(start..=end).take(limit) {
             let (k, v) = kv.map_err(OutboxError::Write)?;
             if let Some(seq) = key_seq(&k) {
-                out.push(Record {
+                // An unreadable header still yields a record: the upstream
+                // skips what it cannot parse instead of stalling on it.
+                out.push(Record::decode(seq, &v).unwrap_or_else(|_| Record {
                     seq,
+                    severity: Severity::Info,
+                    created_ms: 0,
                     payload: v.to_vec(),
-                });
+                }));
             }
         }
         Ok(out)
     }
 
     /// Removes the alert `seq`: call only on the broker's PUBACK for it.
-    /// Returns false when it was not there (already acknowledged).
+    /// Returns false when it was not there (already acknowledged or dropped).
     pub fn ack(&self, seq: u64) -> Result<bool, OutboxError> {
-        match self.tree.remove(seq_key(seq)).map_err(OutboxError::Write)? {
-            Some(v) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
-                self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
-                Ok(true)
+        Ok(self.ack_many(&[seq])? == 1)
+    }
+
+    /// Removes the alerts `seqs`, each acknowledged by its own PUBACK, in
+    /// one batch (one log write instead of one per alert: less SD card
+    /// wear). Returns how many were there.
+    pub fn ack_many(&self, seqs: &[u64]) -> Result<u64, OutboxError> {
+        let _st = self.lock();
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        let mut freed = 0;
+        for &seq in seqs {
+            let Some(v) = self.tree.get(seq_key(seq)).map_err(OutboxError::Write)? else {
+                continue;
+            };
+            batch.remove(&seq_key(seq));
+            match Record::decode(seq, &v) {
+                Ok(r) => batch.remove(&index_key(r.severity, seq)),
+                // Unreadable header: remove whatever index entry it has.
+                Err(_) => SEVERITIES
+                    .iter()
+                    .for_each(|s| batch.remove(&index_key(*s, seq))),
             }
-            None => Ok(false),
+            n += 1;
+            freed += v.len().saturating_sub(HEADER) as u64;
         }
+        if n == 0 {
+            return Ok(0);
+        }
+        self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
+        self.depth.fetch_sub(n, Ordering::Relaxed);
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        Ok(n)
     }
 
     /// Alerts waiting.
@@ -310,9 +799,18 @@ impl Outbox {
         self.depth.load(Ordering::Relaxed)
     }
 
-    /// Bytes of alert payloads waiting.
+    /// Payload bytes of the alerts waiting (what `max_bytes` bounds).
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Alerts dropped by the bound, ever, in this database.
+    pub fn dropped(&self) -> BySeverity {
+        let mut b = BySeverity::default();
+        for s in SEVERITIES {
+            b.add(s, self.dropped[sev_index(s)].load(Ordering::Relaxed));
+        }
+        b
     }
 
     /// The oldest waiting alert, if any.
@@ -322,19 +820,51 @@ impl Outbox {
 
     /// The seq the next alert will get.
     pub fn next_seq(&self) -> u64 {
-        *self.next_seq.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock().next_seq
     }
 
-    /// Removes every waiting alert (`outpost outbox purge`); seqs are not reused.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            depth: self.depth(),
+            bytes: self.bytes(),
+            next_seq: self.next_seq(),
+            dropped: self.dropped(),
+            oldest_created_ms: self.oldest().ok().flatten().map(|r| r.created_ms),
+            events_pending: self.events_pending(),
+        }
+    }
+
+    /// Removes every waiting alert (`outpost outbox purge`) and records a
+    /// `purged` event; seqs are not reused.
     pub fn purge(&self) -> Result<u64, OutboxError> {
-        let mut n = 0;
-        for kv in self.tree.scan_prefix([ALERT]) {
-            let (k, _) = kv.map_err(OutboxError::Write)?;
-            if let Some(seq) = key_seq(&k)
-                && self.ack(seq)?
-            {
-                n += 1;
+        let mut seqs = event::Ranges::new();
+        let mut n = 0u64;
+        loop {
+            let records = self.after(None, 1024)?;
+            if records.is_empty() {
+                break;
             }
+            let _st = self.lock();
+            let mut batch = sled::Batch::default();
+            let mut freed = 0;
+            for r in &records {
+                batch.remove(&seq_key(r.seq));
+                batch.remove(&index_key(r.severity, r.seq));
+                freed += r.payload.len() as u64;
+                seqs.insert(r.seq);
+            }
+            self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
+            self.depth
+                .fetch_sub(records.len() as u64, Ordering::Relaxed);
+            self.bytes.fetch_sub(freed, Ordering::Relaxed);
+            n += records.len() as u64;
+        }
+        if n > 0 {
+            self.add_event(&OutboxEvent::Purged {
+                count: n,
+                seqs,
+                ts: rfc3339_ms(crate::reading::wall_ms()),
+            })?;
         }
         self.flush_blocking()?;
         Ok(n)
@@ -343,6 +873,24 @@ impl Outbox {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// `counter += plus - minus`, as one atomic update.
+fn add_signed(counter: &AtomicU64, plus: u64, minus: u64) {
+    if plus >= minus {
+        counter.fetch_add(plus - minus, Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(minus - plus, Ordering::Relaxed);
+    }
+}
+
+fn u32_value(v: &[u8]) -> u32 {
+    v.try_into().map(u32::from_be_bytes).unwrap_or(0)
+}
+
+fn event_bytes(ev: &OutboxEvent) -> Vec<u8> {
+    // Serializing strings and integers cannot fail.
+    serde_json::to_vec(ev).unwrap_or_default()
 }
 
 /// Errors that mean the files are damaged (not: locked, no permission).

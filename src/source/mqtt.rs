@@ -100,7 +100,7 @@ pub async fn run(
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => break e.to_string(),
+                    Err(e) => break crate::connect::explain(&e, &cfg.broker.url.host),
                 }},
             }
         };

@@ -15,7 +15,9 @@ use std::collections::{HashMap, VecDeque};
 pub enum Tag {
     /// An alert from the outbox, by seq.
     Alert(u64),
-    /// Anything else (status, events, health): acknowledged, not tracked.
+    /// An outbox event (`{topic_prefix}/events`), by number.
+    Event(u64),
+    /// Anything else (status, health): acknowledged, not tracked.
     Other,
 }
 

@@ -8,19 +8,32 @@
 //! 1. a fresh client and event loop (so no request queued for a dead
 //!    connection can slip into the next one and confuse the pkid mapping),
 //!    `clean_session = true`, last will `offline` retained on `{prefix}/status`;
-//! 2. on ConnAck: `online` retained, then alerts from the outbox in seq order,
-//!    starting from the oldest unacknowledged, at most [`WINDOW`] in flight,
-//!    never past the last durable seq the outbox writer announced;
-//! 3. on PUBACK: the alert it acknowledges leaves the outbox;
+//! 2. on ConnAck: `online` retained, the health (retained), pending outbox
+//!    events, then alerts from the outbox in seq order, starting from the
+//!    oldest unacknowledged, at most [`WINDOW`] in flight, never past the
+//!    last durable seq the outbox writer announced;
+//! 3. on PUBACK: the alert (or event) it acknowledges leaves the outbox
+//!    (alerts in groups of up to [`ACK_BATCH`], one sled batch each, and at
+//!    the latest when nothing is in flight or the session ends);
 //! 4. on any error: the connection is dropped, and the next attempt waits a
 //!    capped, jittered backoff: no busy loop while the broker is down.
 //!
 //! A link that accepts bytes but never acknowledges is cut after
-//! [`stall_timeout`], so it cannot hold the outbox forever.
+//! [`stall_timeout`], so it cannot hold the outbox forever; an idle
+//! half-open link is caught by the keep-alive (no PINGRESP in time).
+//!
+//! `{topic_prefix}/health` (retained) is published on connect, every
+//! [`HEALTH_EVERY`], and on a change worth telling (at most every [`HEALTH_MIN_GAP`])
+//! ([`Health::signature`]). `{topic_prefix}/events` carries the outbox's
+//! pending events (drops, purges, a replaced database), each removed from
+//! the outbox on its PUBACK, so a link lost before it loses no event.
+//!
+//! With `[homeassistant]`, each alert is preceded by its retained discovery
+//! and state messages (see [`crate::homeassistant`] and [`Side`]).
 
 pub mod ack;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -34,8 +47,11 @@ use tracing::{debug, info, warn};
 use crate::alert::Alert;
 use crate::backoff::{Backoff, jitter};
 use crate::config::UpstreamConfig;
-use crate::connect::mqtt_options;
+use crate::connect::{explain, mqtt_options};
+use crate::health::Health;
+use crate::homeassistant::{Discovery, Message};
 use crate::outbox::Outbox;
+use crate::outbox::event::event_id;
 use crate::rules::AlertState;
 use crate::telemetry::Telemetry;
 use crate::topic;
@@ -43,6 +59,14 @@ use ack::{AckTracker, Tag};
 
 /// Alerts in flight at once. Duplicates after a reconnect are at most this many.
 pub const WINDOW: usize = 64;
+/// PUBACKed alerts removed from the outbox together (one sled batch).
+pub const ACK_BATCH: usize = 32;
+/// Outbox events in flight at once.
+pub const EVENTS_WINDOW: usize = 8;
+/// How often the health is refreshed when nothing changed.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(60);
+/// The least time between two health publishes prompted by a change.
+pub const HEALTH_MIN_GAP: Duration = Duration::from_secs(5);
 /// How long shutdown waits for in-flight publishes.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -52,6 +76,8 @@ pub fn stall_timeout(keep_alive: Duration) -> Duration {
 }
 
 pub struct Upstream {
+    /// The gateway id, for event and health payloads.
+    pub gateway: String,
     pub cfg: UpstreamConfig,
     pub outbox: Arc<Outbox>,
     /// Highest seq that may be published (durable under the flush policy).
@@ -77,9 +103,76 @@ impl Upstream {
         topic::gateway_topic(&self.cfg.topic_prefix, "status")
     }
 
+    fn health(&self) -> Health {
+        Health::gather(
+            &self.gateway,
+            &self.telemetry,
+            &self.outbox.stats(),
+            crate::reading::wall_ms(),
+        )
+    }
+
+    /// Publishes the health (retained); returns its signature when handed over.
+    fn publish_health(&self, client: &AsyncClient, tracker: &mut AckTracker) -> Option<Vec<u64>> {
+        let h = self.health();
+        let t = topic::gateway_topic(&self.cfg.topic_prefix, "health");
+        client
+            .try_publish(t, QoS::AtLeastOnce, true, h.to_payload())
+            .ok()?;
+        tracker.sent(Tag::Other);
+        Some(h.signature())
+    }
+
+    /// Hands pending outbox events to the client (at most [`EVENTS_WINDOW`]).
+    fn send_events(
+        &self,
+        client: &AsyncClient,
+        tracker: &mut AckTracker,
+        in_flight: &mut std::collections::BTreeSet<u64>,
+    ) {
+        if self.outbox.events_pending() <= in_flight.len() as u64
+            || in_flight.len() >= EVENTS_WINDOW
+        {
+            return;
+        }
+        let events = match self.outbox.events_to_publish() {
+            Ok(e) => e,
+            Err(e) => {
+                Telemetry::bump(&self.telemetry.outbox_errors);
+                warn!(error = %e, "cannot read the outbox events");
+                return;
+            }
+        };
+        let t = topic::gateway_topic(&self.cfg.topic_prefix, "events");
+        for (n, ev) in events {
+            if in_flight.len() >= EVENTS_WINDOW {
+                return;
+            }
+            if in_flight.contains(&n) {
+                continue;
+            }
+            let id = event_id(&self.gateway, self.outbox.db_id(), n);
+            if client
+                .try_publish(
+                    t.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    ev.to_payload(&id, &self.gateway),
+                )
+                .is_err()
+            {
+                return;
+            }
+            tracker.sent(Tag::Event(n));
+            in_flight.insert(n);
+        }
+    }
+
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let max_packet = self.cfg.max_payload + 2048;
+        let mut side = Side::new(&self.cfg);
+        let mut last_reason = String::new();
         loop {
             let mut opts = match mqtt_options(&self.cfg.broker, max_packet) {
                 Ok(o) => o,
@@ -98,9 +191,15 @@ impl Upstream {
                 QoS::AtLeastOnce,
                 true,
             ));
-            opts.set_inflight(u16::try_from(WINDOW + 8).unwrap_or(u16::MAX));
+            opts.set_inflight(u16::try_from(WINDOW + EVENTS_WINDOW + 8).unwrap_or(u16::MAX));
             let (client, eventloop) = AsyncClient::new(opts, WINDOW + 16);
-            match self.session(client, eventloop, &cancel).await {
+            let mut acked = Vec::with_capacity(ACK_BATCH);
+            let end = self
+                .session(client, eventloop, &cancel, &mut side, &mut acked)
+                .await;
+            // Whatever ended the session, what the broker acknowledged leaves.
+            self.remove_acked(&mut acked);
+            match end {
                 End::Shutdown => return,
                 End::Lost { connected, reason } => {
                     self.telemetry
@@ -112,11 +211,14 @@ impl Upstream {
                     }
                     let delay = backoff.next_delay(jitter());
                     let depth = self.outbox.depth();
-                    if connected || backoff.attempt() <= 1 {
+                    // Every new reason is worth a warning (a TLS or login
+                    // problem must be plain in the log); a repeated one is not.
+                    if connected || backoff.attempt() <= 1 || reason != last_reason {
                         warn!(url = %self.cfg.broker.url, %reason, outbox = depth, retry_in = ?delay, "upstream link lost");
                     } else {
                         debug!(url = %self.cfg.broker.url, %reason, outbox = depth, retry_in = ?delay, "upstream still unreachable");
                     }
+                    last_reason = reason;
                     if sleep_or_cancel(delay, &cancel).await {
                         return;
                     }
@@ -130,7 +232,10 @@ impl Upstream {
         client: AsyncClient,
         eventloop: EventLoop,
         cancel: &CancellationToken,
+        side: &mut Side,
+        acked: &mut Vec<u64>,
     ) -> End {
+        side.new_session();
         // The poll future lives across loop turns and is never dropped
         // half-way: rumqttc's `poll` is not cancel-safe while it connects
         // (a cancelled poll throws the half-made connection away).
@@ -140,6 +245,9 @@ impl Upstream {
         // connection is sent again (and timed again) on the next.
         let mut sent: HashMap<u64, Sent> = HashMap::new();
         let mut cursor: Option<u64> = None;
+        let mut events_in_flight = std::collections::BTreeSet::new();
+        let mut health_sig: Option<Vec<u64>> = None;
+        let mut last_health = Instant::now();
         let mut connected = false;
         let mut draining: Option<Instant> = None;
         let mut durable_open = true;
@@ -169,6 +277,8 @@ impl Upstream {
                         {
                             tracker.sent(Tag::Other);
                         }
+                        health_sig = self.publish_health(&client, &mut tracker);
+                        last_health = Instant::now();
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         if let Err(e) = tracker.outgoing(pkid) {
@@ -176,28 +286,30 @@ impl Upstream {
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(Tag::Alert(seq)) = tracker.puback(ack.pkid) {
-                            last_ack = Instant::now();
-                            let s = sent.remove(&seq);
-                            if let Some(s) = &s {
-                                self.telemetry.publish_latency.observe(last_ack.duration_since(s.at).as_secs_f64());
-                            }
-                            match self.outbox.ack(seq) {
-                                Ok(removed) => {
-                                    Telemetry::bump(&self.telemetry.alerts_acked);
-                                    if let (true, Some(s)) = (removed, s) {
-                                        self.telemetry.alert_delivered(&s.rule, s.state);
-                                    }
+                        last_ack = Instant::now();
+                        match tracker.puback(ack.pkid) {
+                            Some(Tag::Alert(seq)) => {
+                                if let Some(s) = sent.remove(&seq) {
+                                    self.telemetry.publish_latency.observe(last_ack.duration_since(s.at).as_secs_f64());
+                                    self.telemetry.alert_delivered(&s.rule, s.state);
                                 }
-                                Err(e) => {
+                                acked.push(seq);
+                                if acked.len() >= ACK_BATCH {
+                                    self.remove_acked(acked);
+                                }
+                            }
+                            Some(Tag::Event(n)) => {
+                                events_in_flight.remove(&n);
+                                if let Err(e) = self.outbox.ack_event(n) {
                                     Telemetry::bump(&self.telemetry.outbox_errors);
-                                    warn!(seq, error = %e, "cannot remove acknowledged alert from the outbox; it will be sent again");
+                                    warn!(event = n, error = %e, "cannot remove an acknowledged event from the outbox; it will be sent again");
                                 }
                             }
+                            Some(Tag::Other) | None => {}
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => return End::Lost { connected, reason: e.to_string() },
+                    Err(e) => return End::Lost { connected, reason: explain(&e, &self.cfg.broker.url.host) },
                 }},
                 changed = self.durable.changed(), if durable_open && connected && draining.is_none() => {
                     if changed.is_err() {
@@ -205,8 +317,18 @@ impl Upstream {
                     }
                 }
                 _ = tick.tick() => {
-                    if connected && tracker.alerts_in_flight() > 0 && last_ack.elapsed() > stall {
-                        return End::Lost { connected, reason: format!("no PUBACK for {stall:?} with alerts in flight") };
+                    if connected && tracker.in_flight() > 0 && last_ack.elapsed() > stall {
+                        return End::Lost { connected, reason: format!("no PUBACK for {stall:?} with publishes in flight") };
+                    }
+                    if connected && draining.is_none() {
+                        let h = self.health();
+                        let changed = health_sig.as_ref() != Some(&h.signature());
+                        if (last_health.elapsed() >= HEALTH_EVERY || (changed && last_health.elapsed() >= HEALTH_MIN_GAP))
+                            && let Some(sig) = self.publish_health(&client, &mut tracker)
+                        {
+                            health_sig = Some(sig);
+                            last_health = Instant::now();
+                        }
                     }
                 }
             }
@@ -217,9 +339,29 @@ impl Upstream {
                     return End::Shutdown;
                 }
             } else if connected {
-                self.fill(&client, &mut tracker, &mut sent, &mut cursor);
+                if tracker.alerts_in_flight() == 0 || acked.len() >= ACK_BATCH {
+                    // A burst is over: do not hold its last acknowledgements.
+                    self.remove_acked(acked);
+                }
+                self.send_events(&client, &mut tracker, &mut events_in_flight);
+                self.fill(&client, &mut tracker, &mut sent, &mut cursor, side);
             }
         }
+    }
+
+    /// Removes the PUBACKed alerts in `acked` from the outbox, in one batch.
+    fn remove_acked(&self, acked: &mut Vec<u64>) {
+        if acked.is_empty() {
+            return;
+        }
+        match self.outbox.ack_many(acked) {
+            Ok(_) => Telemetry::bump_by(&self.telemetry.alerts_acked, acked.len() as u64),
+            Err(e) => {
+                Telemetry::bump(&self.telemetry.outbox_errors);
+                warn!(alerts = acked.len(), error = %e, "cannot remove acknowledged alerts from the outbox; they will be sent again");
+            }
+        }
+        acked.clear();
     }
 
     /// Hands alerts to the client until the window is full.
@@ -229,6 +371,7 @@ impl Upstream {
         tracker: &mut AckTracker,
         sent: &mut HashMap<u64, Sent>,
         cursor: &mut Option<u64>,
+        side: &mut Side,
     ) {
         let durable = *self.durable.borrow();
         while tracker.alerts_in_flight() < WINDOW {
@@ -262,6 +405,10 @@ impl Upstream {
                 } else {
                     r.payload
                 };
+                side.before_alert(r.seq, &alert);
+                if !side.flush(client, tracker) {
+                    return;
+                }
                 let t = topic::alert_topic(&self.cfg.topic_prefix, &alert.rule, &alert.sensor);
                 if client
                     .try_publish(t, QoS::AtLeastOnce, false, payload)
@@ -340,6 +487,65 @@ impl Upstream {
         })
         .await;
         info!("upstream: published offline and disconnected");
+    }
+}
+
+/// Retained messages that go out just before an alert (Home Assistant
+/// discovery and state). Queued, because the client's request channel may
+/// be full: the alert waits until they are handed over, so they always
+/// precede it on the wire.
+struct Side {
+    ha: Option<Discovery>,
+    queue: VecDeque<Message>,
+    /// The alert whose messages are queued, so a retried alert does not
+    /// queue them twice.
+    queued_for: Option<u64>,
+}
+
+impl Side {
+    fn new(cfg: &UpstreamConfig) -> Side {
+        Side {
+            ha: cfg
+                .homeassistant
+                .clone()
+                .map(|h| Discovery::new(h, &cfg.topic_prefix)),
+            queue: VecDeque::new(),
+            queued_for: None,
+        }
+    }
+
+    /// A new connection: alerts are sent again from the oldest
+    /// unacknowledged, and bring their messages again.
+    fn new_session(&mut self) {
+        self.queue.clear();
+        self.queued_for = None;
+        if let Some(ha) = &mut self.ha {
+            ha.new_session();
+        }
+    }
+
+    fn before_alert(&mut self, seq: u64, alert: &Alert) {
+        if let Some(ha) = &mut self.ha
+            && self.queued_for != Some(seq)
+        {
+            self.queue.extend(ha.on_alert(alert));
+            self.queued_for = Some(seq);
+        }
+    }
+
+    /// Hands queued messages to the client; true when none is left.
+    fn flush(&mut self, client: &AsyncClient, tracker: &mut AckTracker) -> bool {
+        while let Some(m) = self.queue.front() {
+            if client
+                .try_publish(m.topic.clone(), QoS::AtLeastOnce, true, m.payload.clone())
+                .is_err()
+            {
+                return false;
+            }
+            tracker.sent(Tag::Other);
+            self.queue.pop_front();
+        }
+        true
     }
 }
 

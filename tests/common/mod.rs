@@ -157,10 +157,42 @@ pub struct Mosquitto {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    opts: MosquittoOpts,
+    /// Ports of the extra listeners: TLS, then password.
+    tls_port: u16,
+    auth_port: u16,
+}
+
+/// What a broker needs beyond the plain anonymous listener every test uses
+/// (and that `Subscriber` and `publish` connect to).
+#[derive(Clone, Default)]
+pub struct MosquittoOpts {
+    /// A TLS listener on `tls_port()`.
+    pub tls: Option<TlsListener>,
+    /// A listener on `auth_port()` that takes only the users of this
+    /// password file (see `password_file`).
+    pub password_file: Option<PathBuf>,
+    /// More global configuration lines (`max_packet_size 4096`, ...).
+    pub extra: String,
+}
+
+/// A TLS listener: the server's certificate and key, and the CA its
+/// clients' certificates must be signed by when `require_certificate`.
+#[derive(Clone)]
+pub struct TlsListener {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub require_certificate: bool,
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with(MosquittoOpts::default())
+    }
+
+    /// A broker with extra listeners or settings (see `MosquittoOpts`).
+    pub fn start_with(opts: MosquittoOpts) -> Mosquitto {
         let keep = std::env::var_os("OUTPOST_E2E_KEEP").is_some();
         let dir = tempfile::Builder::new()
             .prefix("outpost-mosq")
@@ -174,10 +206,15 @@ impl Mosquitto {
             port: 0,
             dir,
             child: None,
+            opts,
+            tls_port: 0,
+            auth_port: 0,
         };
         let mut errors = Vec::new();
         for _ in 0..5 {
             m.port = free_port();
+            m.tls_port = free_port();
+            m.auth_port = free_port();
             match m.spawn() {
                 Ok(()) => return m,
                 // The port was taken between free_port() and mosquitto's bind.
@@ -204,17 +241,40 @@ impl Mosquitto {
     fn spawn(&mut self) -> Result<(), String> {
         let d = self.dir.path();
         let mut conf = format!(
-            "listener {port} 127.0.0.1\n\
-             allow_anonymous true\n\
+            "per_listener_settings true\n\
              persistence true\n\
              persistence_location {dir}/\n\
              persistence_file mosquitto.db\n\
              log_dest file {dir}/mosquitto.log\n\
              log_type all\n\
-             max_queued_messages 10000\n",
+             max_queued_messages 10000\n\
+             {extra}\n\
+             listener {port} 127.0.0.1\n\
+             allow_anonymous true\n",
             port = self.port,
-            dir = d.display()
+            dir = d.display(),
+            extra = self.opts.extra,
         );
+        if let Some(t) = &self.opts.tls {
+            conf.push_str(&format!(
+                "listener {} 127.0.0.1\n\
+                 cafile {}\ncertfile {}\nkeyfile {}\n\
+                 require_certificate {}\n\
+                 allow_anonymous true\n",
+                self.tls_port,
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display(),
+                t.require_certificate
+            ));
+        }
+        if let Some(p) = &self.opts.password_file {
+            conf.push_str(&format!(
+                "listener {} 127.0.0.1\npassword_file {}\nallow_anonymous false\n",
+                self.auth_port,
+                p.display()
+            ));
+        }
         // Run as root (CI), mosquitto would switch to the `mosquitto` user,
         // which cannot write into our private temporary folder.
         // SAFETY: getuid has no preconditions.
@@ -242,7 +302,9 @@ impl Mosquitto {
                     self.log()
                 ));
             }
-            if port_accepts(self.port) {
+            let extra_up = (self.opts.tls.is_none() || port_accepts(self.tls_port))
+                && (self.opts.password_file.is_none() || port_accepts(self.auth_port));
+            if port_accepts(self.port) && extra_up {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -262,6 +324,21 @@ impl Mosquitto {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS listener's port (`MosquittoOpts::tls`).
+    pub fn tls_port(&self) -> u16 {
+        assert!(self.opts.tls.is_some(), "broker has no TLS listener");
+        self.tls_port
+    }
+
+    /// The password listener's port (`MosquittoOpts::password_file`).
+    pub fn auth_port(&self) -> u16 {
+        assert!(
+            self.opts.password_file.is_some(),
+            "broker has no password listener"
+        );
+        self.auth_port
     }
 
     /// Stops the broker cleanly (SIGTERM: it saves its sessions) and waits
@@ -933,6 +1010,7 @@ pub struct Gateway {
     config: PathBuf,
     child: Option<Child>,
     runs: usize,
+    rust_log: String,
 }
 
 impl Gateway {
@@ -940,14 +1018,46 @@ impl Gateway {
     pub fn start(dir: &Path, config: &str, rules: &str) -> Gateway {
         fs::write(dir.join("outpost.toml"), config).unwrap();
         fs::write(dir.join("rules.toml"), rules).unwrap();
+        Gateway::start_with_log(dir, config, rules, RUST_LOG)
+    }
+
+    /// Like `start`, with this `RUST_LOG` (e.g. "trace", to show that even
+    /// the most verbose log holds no secret).
+    pub fn start_with_log(dir: &Path, config: &str, rules: &str, rust_log: &str) -> Gateway {
+        fs::write(dir.join("outpost.toml"), config).unwrap();
+        fs::write(dir.join("rules.toml"), rules).unwrap();
         let mut g = Gateway {
             dir: dir.to_path_buf(),
             config: dir.join("outpost.toml"),
             child: None,
             runs: 0,
+            rust_log: rust_log.to_string(),
         };
         g.spawn();
         g
+    }
+
+    /// Replaces `outpost.toml` (takes effect at the next `restart`).
+    pub fn rewrite_config(&self, config: &str) {
+        fs::write(&self.config, config).unwrap();
+    }
+
+    /// Waits until the log of the current run has a line containing
+    /// `needle`, and returns it. Panics after `timeout`.
+    pub fn wait_log(&mut self, timeout: Duration, needle: &str) -> String {
+        let path = self.log_path(self.runs);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if Instant::now() >= deadline {
+                panic!("the gateway did not log {needle:?} within {timeout:?}");
+            }
+            self.assert_running();
+            thread::sleep(POLL);
+        }
     }
 
     fn spawn(&mut self) {
@@ -960,7 +1070,7 @@ impl Gateway {
             .arg("--config")
             .arg(&self.config)
             .current_dir(&cwd)
-            .env("RUST_LOG", RUST_LOG)
+            .env("RUST_LOG", &self.rust_log)
             .env_remove("OUTPOST_CONFIG")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -1148,6 +1258,8 @@ pub struct Config {
     pub extra_upstream: String,
     pub serial: Vec<String>,
     pub mqtt: Vec<String>,
+    /// More sections, written last (`[homeassistant]\n...`).
+    pub extra_sections: String,
 }
 
 impl Config {
@@ -1158,6 +1270,7 @@ impl Config {
             extra_upstream: String::new(),
             serial: vec![],
             mqtt: vec![],
+            extra_sections: String::new(),
         }
     }
 
@@ -1190,6 +1303,7 @@ impl Config {
             s.push_str(s2);
             s.push('\n');
         }
+        s.push_str(&self.extra_sections);
         s
     }
 }
@@ -1263,6 +1377,244 @@ pub fn retry_until<T>(
             panic!("timed out after {timeout:?}: {what}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Certificates and password files
+// ---------------------------------------------------------------------------
+
+/// Certificates made at test time with the `openssl` command: a test CA, a
+/// broker certificate for `localhost` signed by it, client certificates
+/// signed by it (an RSA one whose key is PKCS#1 and, converted, PKCS#8, and
+/// an EC one whose key is SEC1), and a second CA that signed nothing of ours.
+/// Made once per test binary, in Cargo's per-target temporary folder.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// RSA client certificate; its key as PKCS#1 and as PKCS#8.
+    pub client_rsa: PathBuf,
+    pub client_rsa_pkcs1: PathBuf,
+    pub client_rsa_pkcs8: PathBuf,
+    /// EC (P-256) client certificate and its SEC1 key.
+    pub client_ec: PathBuf,
+    pub client_ec_sec1: PathBuf,
+}
+
+impl Pki {
+    /// The certificates, made on first use.
+    pub fn get() -> &'static Pki {
+        static PKI: std::sync::OnceLock<Pki> = std::sync::OnceLock::new();
+        PKI.get_or_init(Pki::generate)
+    }
+
+    fn generate() -> Pki {
+        let dir =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pki-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let p = |n: &str| dir.join(n);
+        for (name, cn) in [("ca", "outpost test CA"), ("other-ca", "some other CA")] {
+            let (key, pem, subj) = (
+                format!("{name}.key"),
+                format!("{name}.pem"),
+                format!("/CN={cn}"),
+            );
+            openssl(
+                &dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &pem,
+                    "-days",
+                    "30",
+                    "-subj",
+                    &subj,
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            );
+        }
+        let ec_key = |out: &str| {
+            openssl(
+                &dir,
+                &[
+                    "ecparam",
+                    "-name",
+                    "prime256v1",
+                    "-genkey",
+                    "-noout",
+                    "-out",
+                    out,
+                ],
+            )
+        };
+        ec_key("server.key");
+        ec_key("client-ec.sec1.key");
+        openssl(
+            &dir,
+            &[
+                "genrsa",
+                "-traditional",
+                "-out",
+                "client-rsa.pkcs1.key",
+                "2048",
+            ],
+        );
+        openssl(
+            &dir,
+            &[
+                "pkcs8",
+                "-topk8",
+                "-nocrypt",
+                "-in",
+                "client-rsa.pkcs1.key",
+                "-out",
+                "client-rsa.pkcs8.key",
+            ],
+        );
+        fs::write(
+            p("server.ext"),
+            "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        fs::write(p("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (key, out, cn, ext) in [
+            ("server.key", "server.pem", "localhost", "server.ext"),
+            (
+                "client-rsa.pkcs1.key",
+                "client-rsa.pem",
+                "outpost-rsa",
+                "client.ext",
+            ),
+            (
+                "client-ec.sec1.key",
+                "client-ec.pem",
+                "outpost-ec",
+                "client.ext",
+            ),
+        ] {
+            let (csr, subj) = (format!("{out}.csr"), format!("/CN={cn}"));
+            openssl(
+                &dir,
+                &["req", "-new", "-key", key, "-out", &csr, "-subj", &subj],
+            );
+            openssl(
+                &dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    out,
+                    "-days",
+                    "30",
+                    "-extfile",
+                    ext,
+                ],
+            );
+        }
+        // Client keys as a careful user keeps them.
+        use std::os::unix::fs::PermissionsExt;
+        for k in [
+            "client-rsa.pkcs1.key",
+            "client-rsa.pkcs8.key",
+            "client-ec.sec1.key",
+        ] {
+            fs::set_permissions(p(k), fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let pki = Pki {
+            ca: p("ca.pem"),
+            other_ca: p("other-ca.pem"),
+            server_cert: p("server.pem"),
+            server_key: p("server.key"),
+            client_rsa: p("client-rsa.pem"),
+            client_rsa_pkcs1: p("client-rsa.pkcs1.key"),
+            client_rsa_pkcs8: p("client-rsa.pkcs8.key"),
+            client_ec: p("client-ec.pem"),
+            client_ec_sec1: p("client-ec.sec1.key"),
+            dir,
+        };
+        // The key formats are what the tests claim they are.
+        for (key, first) in [
+            (&pki.client_rsa_pkcs1, "-----BEGIN RSA PRIVATE KEY-----"),
+            (&pki.client_rsa_pkcs8, "-----BEGIN PRIVATE KEY-----"),
+            (&pki.client_ec_sec1, "-----BEGIN EC PRIVATE KEY-----"),
+        ] {
+            let text = fs::read_to_string(key).unwrap();
+            assert_eq!(text.lines().next(), Some(first), "{}", key.display());
+        }
+        pki
+    }
+
+    /// A TLS listener with this PKI's broker certificate (for `localhost`).
+    pub fn listener(&self, require_certificate: bool) -> TlsListener {
+        TlsListener {
+            ca: self.ca.clone(),
+            cert: self.server_cert.clone(),
+            key: self.server_key.clone(),
+            require_certificate,
+        }
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let bin = find_program("openssl", &["/usr/bin/openssl"])
+        .unwrap_or_else(|| panic!("openssl not found: `apt-get install openssl`"));
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Mosquitto password file `dir/mosquitto.passwd` with one user, made by
+/// `mosquitto_passwd -b` (the password is stored hashed).
+pub fn password_file(dir: &Path, user: &str, password: &str) -> PathBuf {
+    let bin = find_program(
+        "mosquitto_passwd",
+        &["/usr/bin/mosquitto_passwd", "/usr/sbin/mosquitto_passwd"],
+    )
+    .unwrap_or_else(|| panic!("mosquitto_passwd not found: `apt-get install mosquitto`"));
+    let path = dir.join("mosquitto.passwd");
+    fs::write(&path, "").unwrap();
+    let out = Command::new(bin)
+        .arg("-b")
+        .arg(&path)
+        .arg(user)
+        .arg(password)
+        .output()
+        .expect("run mosquitto_passwd");
+    assert!(
+        out.status.success(),
+        "mosquitto_passwd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
 }
 
 // ---------------------------------------------------------------------------

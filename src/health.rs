@@ -1,0 +1,217 @@
+//! The `{topic_prefix}/health` payload: one retained JSON object that says
+//! whether the gateway is keeping up. Built from values passed in (no clock,
+//! no I/O), so what it says is testable to the field.
+//!
+//! ```json
+//! {"gateway":"greenhouse-pi","version":"0.1.0","ts":"2026-11-26T10:00:00.123Z",
+//!  "uptime_s":3600,
+//!  "upstream":{"connected":true,"reconnects":2},
+//!  "outbox":{"depth":0,"bytes":0,"oldest_age_s":null,"next_seq":43,
+//!            "dropped":{"info":0,"warning":0,"critical":0,"total":0},
+//!            "events_pending":0,"errors":0,"flushes":40},
+//!  "alerts":{"created":42,"published":42,"acknowledged":42},
+//!  "sources":[{"name":"bench","kind":"serial","connected":true,
+//!              "messages":120,"readings":240,"errors":{"syntax":1},"reopens":0}]}
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::alert::rfc3339_ms;
+use crate::outbox::{BySeverity, Stats};
+use crate::telemetry::Telemetry;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    pub gateway: String,
+    pub version: &'static str,
+    pub ts: String,
+    pub uptime_s: u64,
+    pub upstream: UpstreamHealth,
+    pub outbox: OutboxHealth,
+    pub alerts: AlertCounts,
+    pub sources: Vec<SourceHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamHealth {
+    pub connected: bool,
+    pub reconnects: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxHealth {
+    pub depth: u64,
+    pub bytes: u64,
+    /// Age of the oldest unsent alert, seconds (null when none waits).
+    pub oldest_age_s: Option<f64>,
+    pub next_seq: u64,
+    pub dropped: Dropped,
+    pub events_pending: u64,
+    pub errors: u64,
+    pub flushes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Dropped {
+    pub info: u64,
+    pub warning: u64,
+    pub critical: u64,
+    pub total: u64,
+}
+
+impl From<BySeverity> for Dropped {
+    fn from(b: BySeverity) -> Self {
+        Dropped {
+            info: b.info,
+            warning: b.warning,
+            critical: b.critical,
+            total: b.total(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertCounts {
+    pub created: u64,
+    pub published: u64,
+    pub acknowledged: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceHealth {
+    pub name: String,
+    pub kind: &'static str,
+    pub connected: bool,
+    pub messages: u64,
+    pub readings: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub reopens: u64,
+}
+
+impl Health {
+    /// Gathers the health from the counters; `now_wall_ms` for `ts` and ages.
+    pub fn gather(gateway: &str, t: &Telemetry, outbox: &Stats, now_wall_ms: i64) -> Health {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        Health {
+            gateway: gateway.to_string(),
+            version: env!("CARGO_PKG_VERSION"),
+            ts: rfc3339_ms(now_wall_ms),
+            uptime_s: t.started.elapsed().as_secs(),
+            upstream: UpstreamHealth {
+                connected: t.upstream_connected.load(Ordering::Relaxed),
+                reconnects: load(&t.upstream_reconnects),
+            },
+            outbox: OutboxHealth {
+                depth: outbox.depth,
+                bytes: outbox.bytes,
+                oldest_age_s: outbox
+                    .oldest_created_ms
+                    .map(|c| now_wall_ms.saturating_sub(c).max(0) as f64 / 1000.0),
+                next_seq: outbox.next_seq,
+                dropped: outbox.dropped.into(),
+                events_pending: outbox.events_pending,
+                errors: load(&t.outbox_errors),
+                flushes: load(&t.outbox_flushes),
+            },
+            alerts: AlertCounts {
+                created: load(&t.alerts_created),
+                published: load(&t.alerts_published),
+                acknowledged: load(&t.alerts_acked),
+            },
+            sources: t
+                .sources()
+                .iter()
+                .map(|s| SourceHealth {
+                    name: s.name.clone(),
+                    kind: s.kind,
+                    connected: s.connected.load(Ordering::Relaxed),
+                    messages: load(&s.messages),
+                    readings: load(&s.readings),
+                    errors: s.errors(),
+                    reopens: load(&s.reopens),
+                })
+                .collect(),
+        }
+    }
+
+    /// What counts as a change worth publishing at once (not every reading
+    /// or alert: those refresh on the minute): drops, reconnects, errors,
+    /// a source coming or going, the outbox becoming empty or not.
+    pub fn signature(&self) -> Vec<u64> {
+        let mut s = vec![
+            self.outbox.dropped.total,
+            self.upstream.reconnects,
+            self.outbox.errors,
+            u64::from(self.outbox.depth == 0),
+        ];
+        for src in &self.sources {
+            s.push(u64::from(src.connected));
+            s.push(src.errors.values().sum());
+            s.push(src.reopens);
+        }
+        s
+    }
+
+    pub fn to_payload(&self) -> Vec<u8> {
+        // Strings, integers and finite floats: serializing cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> Stats {
+        Stats {
+            depth: 3,
+            bytes: 900,
+            next_seq: 10,
+            dropped: BySeverity {
+                info: 2,
+                warning: 1,
+                critical: 0,
+            },
+            oldest_created_ms: Some(1_800_000_000_000),
+            events_pending: 1,
+        }
+    }
+
+    #[test]
+    fn health_reports_outbox_drops_sources_and_the_oldest_age() {
+        let t = Telemetry::new();
+        let src = t.source("bench", "serial");
+        src.readings.store(5, Ordering::Relaxed);
+        src.error("syntax");
+        t.upstream_reconnects.store(2, Ordering::Relaxed);
+        let h = Health::gather("gw", &t, &stats(), 1_800_000_012_500);
+        let v: serde_json::Value = serde_json::from_slice(&h.to_payload()).unwrap();
+        assert_eq!(v["gateway"], "gw");
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(v["outbox"]["depth"], 3);
+        assert_eq!(v["outbox"]["oldest_age_s"], 12.5);
+        assert_eq!(v["outbox"]["dropped"]["total"], 3);
+        assert_eq!(v["upstream"]["reconnects"], 2);
+        assert_eq!(v["sources"][0]["readings"], 5);
+        assert_eq!(v["sources"][0]["errors"]["syntax"], 1);
+        assert_eq!(v["ts"], "2027-01-15T08:00:12.500Z");
+    }
+
+    #[test]
+    fn the_signature_changes_on_drops_and_errors_but_not_on_readings() {
+        let t = Telemetry::new();
+        let src = t.source("bench", "serial");
+        let a = Health::gather("gw", &t, &stats(), 0).signature();
+        src.readings.store(99, Ordering::Relaxed);
+        assert_eq!(Health::gather("gw", &t, &stats(), 5).signature(), a);
+        src.error("too_long");
+        assert_ne!(Health::gather("gw", &t, &stats(), 5).signature(), a);
+        let mut s = stats();
+        s.dropped.info += 1;
+        let b = Health::gather("gw", &t, &stats(), 5).signature();
+        assert_ne!(Health::gather("gw", &t, &s, 5).signature(), b);
+    }
+}
