@@ -508,9 +508,18 @@ fn a_producer_faster_than_the_bound_drops_lower_severities_first_and_reports_it(
     let mut late = Subscriber::connect(up.port(), "outpost/test-gw/health");
     late.wait_for(WAIT, "the retained health", |m| m.retain);
     let h = late
-        .wait_for(WAIT, "health with the drops", |m| {
-            m.json()["outbox"]["dropped"]["total"].as_u64() >= Some(total)
-        })
+        .wait_for(
+            WAIT,
+            "health with the drops and the sources' readings",
+            |m| {
+                let h = m.json();
+                // The first health after connecting may predate the sources' first readings.
+                h["outbox"]["dropped"]["total"].as_u64() >= Some(total)
+                    && h["sources"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().all(|s| s["readings"].as_u64() > Some(0)))
+            },
+        )
         .json();
     assert_eq!(h["gateway"], "test-gw");
     assert!(h["outbox"]["bytes"].as_u64().unwrap() <= max_bytes, "{h}");
