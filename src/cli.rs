@@ -39,6 +39,17 @@ pub enum Command {
     /// Inspect or empty the outbox of a stopped gateway.
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Show a running gateway's state: upstream link, outbox, sources, firing alerts.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print the raw JSON of /status instead of the summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +91,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Check(a) => check(&a.config),
         Command::Run(a) => run(&a.config),
+        Command::Status(a) => status(&a.config.config, a.json),
         Command::Outbox(c) => crate::outbox::cli::run(c),
         Command::Rules(RulesCommand::Test { files }) => crate::offline::rules_test(&files),
         Command::Rules(RulesCommand::Replay { rules, input }) => {
@@ -145,6 +157,86 @@ fn run(path: &std::path::Path) -> u8 {
         Ok(()) => EXIT_OK,
         Err(e) => {
             tracing::error!("{e:#}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// How long `outpost status` waits for the gateway.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn status(path: &std::path::Path, json: bool) -> u8 {
+    use crate::http::{client, status};
+    // The packaged outpost.toml is readable only by root and group outpost
+    // (it may hold a password). A person without access still gets an
+    // answer from the default address, with a note saying so.
+    let listen = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let default = config::HttpConfig::default().listen;
+            eprintln!(
+                "outpost status: cannot read {} (permission denied); asking the default address. Run it with sudo, or join group outpost, to use the configured one.",
+                path.display()
+            );
+            default
+        }
+        _ => match load(path) {
+            Ok(c) => c.http.listen,
+            Err(code) => return code,
+        },
+    };
+    let Some(listen) = listen else {
+        eprintln!(
+            "outpost status: [http] listen is \"\" in {}: the gateway serves no status (set it, e.g. \"127.0.0.1:9184\", and restart it)",
+            path.display()
+        );
+        return EXIT_FAILURE;
+    };
+    let addr = client::connect_addr(listen);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outpost status: cannot start the runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let resp = match rt.block_on(client::get(addr, "/status", STATUS_TIMEOUT)) {
+        Ok(r) => r,
+        Err(client::ClientError::Refused { .. }) => {
+            eprintln!(
+                "outpost status: the gateway is not running: nothing answers at http://{addr} ([http] listen in {}). Start it with `systemctl start outpost`; `journalctl -u outpost` says why it stopped.",
+                path.display()
+            );
+            return EXIT_FAILURE;
+        }
+        Err(e) => {
+            eprintln!("outpost status: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    if resp.status != 200 {
+        eprintln!(
+            "outpost status: http://{addr}/status answered {}: {}",
+            resp.status,
+            resp.body.trim()
+        );
+        return EXIT_FAILURE;
+    }
+    if json {
+        println!("{}", resp.body.trim_end());
+        return EXIT_OK;
+    }
+    match serde_json::from_str::<status::Status>(&resp.body) {
+        Ok(s) => {
+            print!("{}", status::render(&s));
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!(
+                "outpost status: http://{addr}/status is not an outpost status document ({e}); is another program listening there?"
+            );
             EXIT_FAILURE
         }
     }

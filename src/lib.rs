@@ -13,6 +13,7 @@ pub mod connect;
 pub mod diagnostic;
 pub mod health;
 pub mod homeassistant;
+pub mod http;
 pub mod logging;
 pub mod offline;
 pub mod outbox;

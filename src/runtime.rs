@@ -57,6 +57,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         warn!("{w}");
     }
     let telemetry = Arc::new(Telemetry::new());
+    telemetry
+        .rules_loaded
+        .store(config.rules.len() as u64, Ordering::Relaxed);
     let state_dir = config.gateway.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
@@ -93,6 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let sources_cancel = CancellationToken::new();
     let upstream_cancel = CancellationToken::new();
+    let http_cancel = CancellationToken::new();
     let mut sources = JoinSet::new();
     let mut action_routes: HashMap<String, mpsc::Sender<LocalPublish>> = HashMap::new();
 
@@ -159,6 +163,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
+    let http_task = match config.http.listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let state = Arc::new(crate::http::HttpState {
+                    gateway: config.gateway.id.clone(),
+                    upstream: config
+                        .upstream
+                        .as_ref()
+                        .map(|u| (u.broker.url.to_string(), u.topic_prefix.clone())),
+                    outbox: outbox.clone(),
+                    telemetry: telemetry.clone(),
+                    clock,
+                    stall_after: crate::http::STALL_AFTER,
+                });
+                Some(tokio::spawn(crate::http::serve(
+                    listener,
+                    state,
+                    http_cancel.clone(),
+                )))
+            }
+            Err(e) => {
+                // The alerts matter more than their dashboard: run without it.
+                error!(%addr, error = %e, "cannot listen for HTTP; /metrics, /healthz and /status are off (is another outpost running?)");
+                None
+            }
+        },
+        None => None,
+    };
+
     let watchdog = tokio::spawn(watchdog_loop(clock, telemetry.clone()));
     // Ready only now: the outbox is open and every task is running.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -181,6 +214,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(t) = upstream_task {
         let _ = t.await;
     }
+    http_cancel.cancel();
+    if let Some(t) = http_task {
+        // Graceful: open scrapes finish; bounded so a stuck client cannot hold shutdown.
+        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+    }
     let ob = outbox.clone();
     tokio::task::spawn_blocking(move || ob.flush_blocking())
         .await
@@ -202,12 +240,12 @@ async fn watchdog_loop(clock: Clock, telemetry: Arc<Telemetry>) {
         return;
     };
     let period = Duration::from_micros(usec / 2);
-    let stale_after = Duration::from_micros(usec).as_millis() as u64;
+    let stale_after = Duration::from_micros(usec);
     let mut every = tokio::time::interval(period);
     loop {
         every.tick().await;
-        let last = telemetry.last_progress_ms.load(Ordering::Relaxed);
-        if clock.now().mono_ms.saturating_sub(last) < stale_after {
+        // The same signal as `/healthz`: time since the engine last moved.
+        if telemetry.progress_age(clock.now().mono_ms) < stale_after {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         } else {
             warn!("pipeline made no progress; withholding the watchdog ping");
@@ -278,6 +316,7 @@ async fn wait_for_signals(config: &Config, control: &mpsc::Sender<Control>, tele
                         let n = rules.len();
                         if control.send(Control::Reload(rules)).await.is_ok() {
                             Telemetry::bump(&telemetry.rule_reloads);
+                            telemetry.rules_loaded.store(n as u64, Ordering::Relaxed);
                             info!(rules = n, "rules reloaded");
                         }
                     }
@@ -310,6 +349,10 @@ async fn engine_loop(
     let mut dirty = false;
     let mut last_snapshot = tokio::time::Instant::now();
     let mut control_open = true;
+    // The firing snapshot for /status and /metrics: refreshed when alerts
+    // change it, and on a tick after readings (for the latest values).
+    telemetry.set_firing(engine.firing());
+    let mut firing_stale = false;
     loop {
         let mut done = false;
         tokio::select! {
@@ -327,6 +370,7 @@ async fn engine_loop(
                         n += 1;
                     }
                     dirty = true;
+                    firing_stale = true;
                     telemetry.last_progress_ms.store(now.mono_ms, Ordering::Relaxed);
                 }
                 None => done = true,
@@ -335,14 +379,23 @@ async fn engine_loop(
                 let now = clock.now();
                 engine.tick(now, &mut out);
                 telemetry.last_progress_ms.store(now.mono_ms, Ordering::Relaxed);
+                if std::mem::take(&mut firing_stale) {
+                    telemetry.set_firing(engine.firing());
+                }
             }
             c = control.recv(), if control_open => match c {
-                Some(Control::Reload(rules)) => engine.reload(rules, clock.now(), &mut out),
+                Some(Control::Reload(rules)) => {
+                    engine.reload(rules, clock.now(), &mut out);
+                    telemetry.set_firing(engine.firing());
+                }
                 None => control_open = false,
             },
         }
         let snapshot_due = dirty && last_snapshot.elapsed() >= SNAPSHOT_EVERY;
         if !out.is_empty() || snapshot_due || done {
+            if !out.is_empty() {
+                telemetry.set_firing(engine.firing());
+            }
             for d in &out {
                 for a in &d.actions {
                     match actions.get(&a.broker) {
@@ -447,6 +500,7 @@ async fn writer_loop(
                 pending.clear();
                 state = None;
                 for a in &alerts {
+                    telemetry.alert_created(&a.rule, a.state);
                     info!(id = %a.id, rule = %a.rule, sensor = %a.sensor, metric = %a.metric, state = %a.state, severity = %a.severity, value = a.value, threshold = a.threshold, text = %a.message, "alert");
                 }
                 let publishable = outbox.next_seq().saturating_sub(1);

@@ -1,10 +1,24 @@
 //! Counters shared by the running components, read by the log, `/metrics`,
 //! `/status` and the health topic. Plain atomics: cheap to bump on the hot path.
+//! Components only write here; `http` only reads (it never reaches into a
+//! component's own state).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::rules::AlertState;
+use crate::rules::engine::FiringInfo;
+
+/// Buckets of the publish latency histogram, in seconds: 1 ms to about 33 s.
+/// A LAN broker answers in milliseconds, a cloud one over a cellular link in
+/// hundreds; past the top bucket the link is stalling.
+pub fn publish_latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16)
+}
 
 /// Counters of one source (a serial port, an MQTT subscription, a simulator).
 #[derive(Debug)]
@@ -108,9 +122,26 @@ pub struct Telemetry {
     pub outbox_flushes: AtomicU64,
     pub rule_reloads: AtomicU64,
     pub rule_reload_errors: AtomicU64,
-    /// Last time the pipeline made progress (a reading evaluated, a tick).
+    /// Rules in force (set at start and on each accepted reload).
+    pub rules_loaded: AtomicU64,
+    /// Last time the pipeline made progress (a reading evaluated, a tick),
+    /// on the runtime's monotonic `Clock`: the watchdog and `/healthz` signal.
     pub last_progress_ms: AtomicU64,
+    /// Seconds from handing an alert to the MQTT client to its PUBACK.
+    pub publish_latency: Histogram,
     sources: Mutex<Vec<Arc<SourceCounters>>>,
+    /// Alerts by (rule, state): created (stored in the outbox) and delivered
+    /// (acknowledged by the upstream broker).
+    alerts: Mutex<BTreeMap<(String, &'static str), AlertCounts>>,
+    /// The pairs firing now, as the engine task last published them.
+    firing: Mutex<Vec<FiringInfo>>,
+}
+
+/// Alerts of one (rule, state).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AlertCounts {
+    pub created: u64,
+    pub delivered: u64,
 }
 
 impl Default for Telemetry {
@@ -132,9 +163,59 @@ impl Telemetry {
             outbox_flushes: AtomicU64::new(0),
             rule_reloads: AtomicU64::new(0),
             rule_reload_errors: AtomicU64::new(0),
+            rules_loaded: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(0),
+            publish_latency: Histogram::new(publish_latency_buckets()),
             sources: Mutex::new(Vec::new()),
+            alerts: Mutex::new(BTreeMap::new()),
+            firing: Mutex::new(Vec::new()),
         }
+    }
+
+    /// An alert of `rule` in `state` was stored in the outbox.
+    pub fn alert_created(&self, rule: &str, state: AlertState) {
+        self.alert_counts(rule, state, |c| c.created += 1);
+    }
+
+    /// The upstream broker acknowledged an alert of `rule` in `state`.
+    pub fn alert_delivered(&self, rule: &str, state: AlertState) {
+        self.alert_counts(rule, state, |c| c.delivered += 1);
+    }
+
+    fn alert_counts(&self, rule: &str, state: AlertState, f: impl FnOnce(&mut AlertCounts)) {
+        let mut m = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
+        f(m.entry((rule.to_string(), state.as_str())).or_default());
+    }
+
+    /// Alert counts by (rule, state: `firing` or `resolved`), in rule order.
+    pub fn alerts_by_rule(&self) -> Vec<(String, &'static str, AlertCounts)> {
+        self.alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((r, s), c)| (r.clone(), *s, *c))
+            .collect()
+    }
+
+    /// Replaces the firing snapshot (called by the engine task).
+    pub fn set_firing(&self, firing: Vec<FiringInfo>) {
+        *self.firing.lock().unwrap_or_else(|p| p.into_inner()) = firing;
+    }
+
+    /// The pairs firing now.
+    pub fn firing(&self) -> Vec<FiringInfo> {
+        self.firing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How long ago the pipeline last made progress, given the monotonic
+    /// time now (same clock as `last_progress_ms`).
+    pub fn progress_age(&self, now_mono_ms: u64) -> Duration {
+        Duration::from_millis(
+            now_mono_ms.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)),
+        )
     }
 
     pub fn source(&self, name: &str, kind: &'static str) -> Arc<SourceCounters> {
@@ -174,5 +255,51 @@ mod tests {
         assert_eq!(w.check(t0 + Duration::from_secs(1)), None);
         assert_eq!(w.check(t0 + Duration::from_secs(2)), None);
         assert_eq!(w.check(t0 + Duration::from_secs(11)), Some(2));
+    }
+
+    #[test]
+    fn alerts_are_counted_per_rule_and_state() {
+        let t = Telemetry::new();
+        t.alert_created("hot", AlertState::Firing);
+        t.alert_created("hot", AlertState::Firing);
+        t.alert_created("hot", AlertState::Resolved);
+        t.alert_created("cold", AlertState::Firing);
+        t.alert_delivered("hot", AlertState::Firing);
+        let by = t.alerts_by_rule();
+        let get = |r: &str, s: AlertState| {
+            by.iter()
+                .find(|(rr, ss, _)| rr == r && *ss == s.as_str())
+                .map(|(_, _, c)| *c)
+        };
+        assert_eq!(
+            get("hot", AlertState::Firing),
+            Some(AlertCounts {
+                created: 2,
+                delivered: 1
+            })
+        );
+        assert_eq!(
+            get("hot", AlertState::Resolved),
+            Some(AlertCounts {
+                created: 1,
+                delivered: 0
+            })
+        );
+        assert_eq!(
+            get("cold", AlertState::Firing),
+            Some(AlertCounts {
+                created: 1,
+                delivered: 0
+            })
+        );
+        assert_eq!(by.len(), 3);
+    }
+
+    #[test]
+    fn progress_age_is_measured_on_the_monotonic_clock_and_never_negative() {
+        let t = Telemetry::new();
+        t.last_progress_ms.store(10_000, Ordering::Relaxed);
+        assert_eq!(t.progress_age(12_500), Duration::from_millis(2_500));
+        assert_eq!(t.progress_age(9_000), Duration::ZERO);
     }
 }

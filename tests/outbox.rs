@@ -24,19 +24,6 @@ const ALL: &str = "outpost/test-gw/#";
 /// Alerts in flight at once (`upstream::WINDOW`): the bound on duplicates per connection.
 const WINDOW: usize = 64;
 
-fn tempdir() -> tempfile::TempDir {
-    let keep = std::env::var_os("OUTPOST_E2E_KEEP").is_some();
-    let dir = tempfile::Builder::new()
-        .prefix("outpost-outbox")
-        .disable_cleanup(keep)
-        .tempdir()
-        .unwrap();
-    if keep {
-        eprintln!("test folder kept: {}", dir.path().display());
-    }
-    dir
-}
-
 /// A noisy simulated sensor: a reading every `interval`.
 struct Sim {
     sensor: &'static str,

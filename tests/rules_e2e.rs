@@ -86,7 +86,7 @@ id = "rate"
 sensor = "d"
 metric = "t"
 rate_above = 60.0
-window = "5s"
+window = "1s"
 
 [[rule]]
 id = "avg"
@@ -151,8 +151,9 @@ fn every_rule_kind_alerts_through_the_binary() {
     let c = wait_alert(&mut sub, "band", "c", "firing");
     assert_eq!(c["threshold"], 20.0);
 
+    // A rate needs samples spanning half its window (0.5 s here).
     send(&local, "d", "t", 0.0);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(600));
     send(&local, "d", "t", 10.0);
     let d = wait_alert(&mut sub, "rate", "d", "firing");
     assert!(d["value"].as_f64().unwrap() > 60.0, "{d}");

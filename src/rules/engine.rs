@@ -401,9 +401,11 @@ fn window_ms(rule: &Rule) -> Option<u64> {
 /// including the current reading) or the reading itself.
 fn tested_value(rule: &Rule, samples: &VecDeque<(Mono, f64)>, value: f64) -> Option<f64> {
     let x = match rule.condition {
-        Condition::RateAbove { .. } | Condition::RateBelow { .. } => {
+        Condition::RateAbove { window_ms, .. } | Condition::RateBelow { window_ms, .. } => {
             let (&(t0, v0), &(t1, v1)) = (samples.front()?, samples.back()?);
-            if t1 <= t0 {
+            // Samples must span at least half the window: two noisy readings
+            // a moment apart (at start, after a gap) are no rate over it.
+            if t1 <= t0 || t1.saturating_sub(t0) < ms(window_ms / 2) {
                 return None;
             }
             (v1 - v0) / (t1.saturating_sub(t0) as f64 / 60_000.0)
@@ -1611,6 +1613,21 @@ mod tests {
                 "60000 firing falling t1 -2.1 -2",
                 "120000 resolved falling t1 0 -2",
             ],
+        );
+    }
+
+    #[test]
+    fn rate_ignores_samples_spanning_less_than_half_the_window() {
+        use Ev::R;
+        check(
+            vec![rule("rising", "t1", rate(true, 1.0))],
+            &[R(0, "t1", 10.0), R(200, "t1", 12.0), R(29_999, "t1", 12.0)],
+            &[],
+        );
+        check(
+            vec![rule("rising", "t1", rate(true, 1.0))],
+            &[R(0, "t1", 10.0), R(30_000, "t1", 12.0)],
+            &["30000 firing rising t1 4 1"],
         );
     }
 

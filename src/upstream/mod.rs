@@ -33,7 +33,7 @@
 
 pub mod ack;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -52,6 +52,7 @@ use crate::health::Health;
 use crate::homeassistant::{Discovery, Message};
 use crate::outbox::Outbox;
 use crate::outbox::event::event_id;
+use crate::rules::AlertState;
 use crate::telemetry::Telemetry;
 use crate::topic;
 use ack::{AckTracker, Tag};
@@ -82,6 +83,14 @@ pub struct Upstream {
     /// Highest seq that may be published (durable under the flush policy).
     pub durable: watch::Receiver<u64>,
     pub telemetry: Arc<Telemetry>,
+}
+
+/// An alert handed to the client and not yet acknowledged: what the metrics
+/// need when its PUBACK comes (latency, and delivered by rule and state).
+struct Sent {
+    at: Instant,
+    rule: String,
+    state: AlertState,
 }
 
 enum End {
@@ -232,6 +241,9 @@ impl Upstream {
         // (a cancelled poll throws the half-made connection away).
         let mut poll: std::pin::Pin<Box<PollFuture>> = Box::pin(next_event(eventloop));
         let mut tracker = AckTracker::new();
+        // Per connection, like the tracker: what is not acknowledged on this
+        // connection is sent again (and timed again) on the next.
+        let mut sent: HashMap<u64, Sent> = HashMap::new();
         let mut cursor: Option<u64> = None;
         let mut events_in_flight = std::collections::BTreeSet::new();
         let mut health_sig: Option<Vec<u64>> = None;
@@ -277,6 +289,10 @@ impl Upstream {
                         last_ack = Instant::now();
                         match tracker.puback(ack.pkid) {
                             Some(Tag::Alert(seq)) => {
+                                if let Some(s) = sent.remove(&seq) {
+                                    self.telemetry.publish_latency.observe(last_ack.duration_since(s.at).as_secs_f64());
+                                    self.telemetry.alert_delivered(&s.rule, s.state);
+                                }
                                 acked.push(seq);
                                 if acked.len() >= ACK_BATCH {
                                     self.remove_acked(acked);
@@ -328,7 +344,7 @@ impl Upstream {
                     self.remove_acked(acked);
                 }
                 self.send_events(&client, &mut tracker, &mut events_in_flight);
-                self.fill(&client, &mut tracker, &mut cursor, side);
+                self.fill(&client, &mut tracker, &mut sent, &mut cursor, side);
             }
         }
     }
@@ -353,6 +369,7 @@ impl Upstream {
         &self,
         client: &AsyncClient,
         tracker: &mut AckTracker,
+        sent: &mut HashMap<u64, Sent>,
         cursor: &mut Option<u64>,
         side: &mut Side,
     ) {
@@ -401,6 +418,17 @@ impl Upstream {
                     return;
                 }
                 tracker.sent(Tag::Alert(r.seq));
+                // Latency is measured from here, the hand-over to the client:
+                // with the client's in-flight limit above WINDOW it goes to
+                // the socket at once, so this is publish → PUBACK.
+                sent.insert(
+                    r.seq,
+                    Sent {
+                        at: Instant::now(),
+                        rule: alert.rule,
+                        state: alert.state,
+                    },
+                );
                 Telemetry::bump(&self.telemetry.alerts_published);
                 *cursor = Some(r.seq);
             }
