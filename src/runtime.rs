@@ -34,7 +34,7 @@ use crate::source::{self, SourceContext};
 use crate::telemetry::Telemetry;
 use crate::upstream::Upstream;
 
-/// Readings buffered between the sources and the engine.
+/// Batches (one per line or message) buffered between the sources and the engine.
 const READINGS_QUEUE: usize = 4096;
 /// How often the engine's timers (`for`, `repeat`, `silent_for`) are checked.
 const TICK: Duration = Duration::from_millis(500);
@@ -89,7 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut restored = Vec::new();
     let engine = restore_engine(&outbox, config.rules.clone(), &clock, &mut restored);
 
-    let (readings_tx, readings_rx) = mpsc::channel::<Reading>(READINGS_QUEUE);
+    let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_QUEUE);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(256);
     let (durable_tx, durable_rx) = watch::channel(outbox.next_seq().saturating_sub(1));
     let (control_tx, control_rx) = mpsc::channel::<Control>(4);
@@ -254,7 +254,7 @@ async fn watchdog_loop(clock: Clock, telemetry: Arc<Telemetry>) {
 }
 
 fn source_context(
-    readings: &mpsc::Sender<Reading>,
+    readings: &mpsc::Sender<Vec<Reading>>,
     telemetry: &Telemetry,
     cancel: &CancellationToken,
     name: &str,
@@ -337,7 +337,7 @@ async fn wait_for_signals(config: &Config, control: &mpsc::Sender<Control>, tele
 async fn engine_loop(
     mut engine: Engine,
     clock: Clock,
-    mut readings: mpsc::Receiver<Reading>,
+    mut readings: mpsc::Receiver<Vec<Reading>>,
     mut control: mpsc::Receiver<Control>,
     batches: mpsc::Sender<Batch>,
     mut out: Vec<AlertDraft>,
@@ -357,17 +357,23 @@ async fn engine_loop(
         let mut done = false;
         tokio::select! {
             r = readings.recv() => match r {
-                Some(r) => {
+                Some(batch) => {
                     let now = clock.now();
-                    engine.on_reading(&r, now, &mut out);
+                    let mut n = batch.len();
+                    for r in &batch {
+                        engine.on_reading(r, now, &mut out);
+                    }
                     // Take what else is queued in the same go: one batch, one flush.
-                    let mut n = 1;
                     while n < 1024 {
                         match readings.try_recv() {
-                            Ok(r) => engine.on_reading(&r, now, &mut out),
+                            Ok(batch) => {
+                                n += batch.len();
+                                for r in &batch {
+                                    engine.on_reading(r, now, &mut out);
+                                }
+                            }
                             Err(_) => break,
                         }
-                        n += 1;
                     }
                     dirty = true;
                     firing_stale = true;

@@ -27,7 +27,9 @@ use crate::telemetry::SourceCounters;
 /// What every source task is given.
 #[derive(Clone)]
 pub struct SourceContext {
-    pub readings: mpsc::Sender<Reading>,
+    /// Readings go in batches, one per line or message: one channel
+    /// hand-off (and engine wake-up) per message, not per reading.
+    pub readings: mpsc::Sender<Vec<Reading>>,
     pub counters: Arc<SourceCounters>,
     pub cancel: CancellationToken,
 }
@@ -63,13 +65,12 @@ impl SourceContext {
         }
     }
 
-    /// Sends readings to the engine; false when the gateway is stopping.
+    /// Sends readings to the engine (emptying `readings`); false when the
+    /// gateway is stopping.
     pub async fn send(&self, readings: &mut Vec<Reading>) -> bool {
-        for r in readings.drain(..) {
-            if self.readings.send(r).await.is_err() {
-                return false;
-            }
+        if readings.is_empty() {
+            return true;
         }
-        true
+        self.readings.send(std::mem::take(readings)).await.is_ok()
     }
 }
