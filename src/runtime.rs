@@ -239,7 +239,8 @@ async fn watchdog_loop(clock: Clock, telemetry: Arc<Telemetry>) {
     else {
         return;
     };
-    let period = Duration::from_micros(usec / 2);
+    // Half the watchdog period; never zero (tokio's interval panics on zero).
+    let period = Duration::from_micros(usec / 2).max(Duration::from_millis(1));
     let stale_after = Duration::from_micros(usec);
     let mut every = tokio::time::interval(period);
     loop {
