@@ -200,3 +200,29 @@ fn check_lists_every_mistake_with_file_line_and_column() {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn check_names_the_rule_whose_action_uses_an_unknown_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        "[[rule]]\nid = \"fan\"\nmetric = \"t\"\nabove = 30.0\n[[rule.actions]]\nbroker = \"locl\"\ntopic = \"fan/set\"\non_firing = \"ON\"\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("outpost.toml");
+    std::fs::write(
+        &cfg,
+        "[gateway]\nid = \"gw\"\nstate_dir = \"state\"\n\n[[mqtt]]\nname = \"local\"\nurl = \"mqtt://127.0.0.1:1883\"\ntopics = [\"a/+\"]\n",
+    )
+    .unwrap();
+    let o = outpost(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    let r = dir.path().join("rules.toml").display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{r}:2:6: rule `fan` has an action on broker `locl`, but no [[mqtt]] source has that name"
+        )),
+        "{err}"
+    );
+}

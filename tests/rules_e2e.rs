@@ -291,6 +291,24 @@ fn sighup_keeps_unchanged_rules_resolves_removed_ones_and_refuses_a_broken_file(
         "the unchanged rule kept its firing state"
     );
 
+    // An action on a broker that is not configured is refused the same way.
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        "[[rule]]\nid = \"fan\"\nsensor = \"*\"\nmetric = \"t\"\nabove = 30.0\n\
+         [[rule.actions]]\nbroker = \"nowhere\"\ntopic = \"fan/set\"\non_firing = \"ON\"\n",
+    )
+    .unwrap();
+    gw.sighup();
+    poll_until(
+        WAIT,
+        "the refused reload of an unknown broker in the log",
+        || {
+            gw.log()
+                .contains("rules.toml:2:6: rule `fan` has an action on broker `nowhere`")
+                .then_some(())
+        },
+    );
+
     // A broken file is refused whole, with its place, and the old rules run on.
     std::fs::write(
         dir.path().join("rules.toml"),

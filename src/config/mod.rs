@@ -378,8 +378,11 @@ impl Config {
         let mut warnings = std::mem::take(&mut c.warnings);
         warnings.sort_by_key(|d| (d.line, d.col));
         let rules = match &gateway {
-            Some(g) => match crate::rules::file::load_files(&g.rules) {
-                Ok(rules) => rules,
+            Some(g) => match crate::rules::file::load_files_placed(&g.rules) {
+                Ok((rules, places)) => {
+                    diags.extend(check_actions(&rules, &places, &mqtt));
+                    rules
+                }
                 Err(d) => {
                     diags.extend(d);
                     Vec::new()
@@ -387,24 +390,6 @@ impl Config {
             },
             None => Vec::new(),
         };
-        if let Some(rules) = Some(&rules) {
-            let names: HashSet<&str> = mqtt.iter().map(|m| m.name.as_str()).collect();
-            for r in rules {
-                for a in &r.actions {
-                    if !names.contains(a.broker.as_str()) {
-                        diags.push(Diagnostic {
-                            file: path.to_path_buf(),
-                            line: 0,
-                            col: 0,
-                            message: format!(
-                                "rule `{}` has an action on broker `{}`, but no [[mqtt]] source has that name",
-                                r.id, a.broker
-                            ),
-                        });
-                    }
-                }
-            }
-        }
 
         diags.sort();
         match (gateway, outbox, http) {
@@ -532,6 +517,37 @@ impl Default for HttpConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9184))),
         }
     }
+}
+
+/// Every rule action must name an `[[mqtt]]` source (the local broker it
+/// publishes on); each miss is reported at the rule's `id`.
+pub fn check_actions(
+    rules: &[Rule],
+    places: &crate::rules::file::Places,
+    mqtt: &[MqttSourceConfig],
+) -> Diagnostics {
+    let names: HashSet<&str> = mqtt.iter().map(|m| m.name.as_str()).collect();
+    let mut diags = Diagnostics::default();
+    for r in rules {
+        for a in r
+            .actions
+            .iter()
+            .filter(|a| !names.contains(a.broker.as_str()))
+        {
+            let message = format!(
+                "rule `{}` has an action on broker `{}`, but no [[mqtt]] source has that name",
+                r.id, a.broker
+            );
+            let place = places.get(&r.id).cloned().unwrap_or(Diagnostic {
+                file: PathBuf::new(),
+                line: 0,
+                col: 0,
+                message: String::new(),
+            });
+            diags.push(Diagnostic { message, ..place });
+        }
+    }
+    diags
 }
 
 /// Gateway ids and source names: `[A-Za-z0-9_-]+`, at most 64 bytes.

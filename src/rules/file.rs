@@ -57,10 +57,19 @@ struct RawAction {
 
 /// Loads every file; returns all rules, or every problem found in any file.
 pub fn load_files(paths: &[PathBuf]) -> Result<Vec<Rule>, Diagnostics> {
+    load_files_placed(paths).map(|(rules, _)| rules)
+}
+
+/// Where each rule is defined: its `id`, as a diagnostic with an empty
+/// message, for checks made later against the rest of the configuration.
+pub type Places = HashMap<String, Diagnostic>;
+
+/// [`load_files`], with the place of every rule.
+pub fn load_files_placed(paths: &[PathBuf]) -> Result<(Vec<Rule>, Places), Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut rules = Vec::new();
     // Where each id was first defined, to report duplicates across files.
-    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut seen: Places = HashMap::new();
     for path in paths {
         match std::fs::read_to_string(path) {
             Ok(text) => {
@@ -75,8 +84,9 @@ pub fn load_files(paths: &[PathBuf]) -> Result<Vec<Rule>, Diagnostics> {
             }),
         }
     }
+    diags.sort();
     if diags.is_empty() {
-        Ok(rules)
+        Ok((rules, seen))
     } else {
         Err(diags)
     }
@@ -99,7 +109,7 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Vec<Rule>, Diagnostics> {
 fn load_source(
     src: &Source<'_>,
     rules: &mut Vec<Rule>,
-    seen: &mut HashMap<String, String>,
+    seen: &mut Places,
     diags: &mut Diagnostics,
 ) {
     let Some(root) = src.parse(diags) else { return };
@@ -126,19 +136,23 @@ fn load_source(
             // Keys refused above were removed; a missing condition may be one of them.
             let keys_refused = diags.len() > before;
             let here = src.at(raw.id.span(), "");
-            let place = format!("{}:{}:{}", here.file.display(), here.line, here.col);
             if let Some(rule) = compile(src, raw, keys_refused, diags) {
                 match seen.get(&rule.id) {
                     Some(first) => {
-                        let msg =
-                            format!("duplicate rule id `{}` (first defined at {first})", rule.id);
+                        let msg = format!(
+                            "duplicate rule id `{}` (first defined at {}:{}:{})",
+                            rule.id,
+                            first.file.display(),
+                            first.line,
+                            first.col
+                        );
                         diags.push(Diagnostic {
                             message: msg,
                             ..here
                         });
                     }
                     None => {
-                        seen.insert(rule.id.clone(), place);
+                        seen.insert(rule.id.clone(), here);
                         rules.push(rule);
                     }
                 }
