@@ -27,6 +27,19 @@ use outpost::rules::{AlertDraft, AlertState, Reason, Severity};
 use outpost::telemetry::Telemetry;
 use outpost::upstream::Upstream;
 
+/// Stores `backlog` alerts in pushes of 1,000, then flushes.
+fn fill(o: &Outbox, backlog: u64) -> anyhow::Result<()> {
+    let mut n = 0;
+    while n < backlog {
+        let k = 1000.min(backlog - n);
+        let drafts: Vec<_> = (0..k).map(|i| draft(n + i)).collect();
+        o.push("bench", &drafts, None)?;
+        n += k;
+    }
+    o.flush_blocking()?;
+    Ok(())
+}
+
 fn draft(i: u64) -> AlertDraft {
     AlertDraft {
         rule: "greenhouse-hot".into(),
@@ -132,14 +145,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = arg("--fill") {
         // Only write a backlog into DIR (for probing by hand).
         let o = Outbox::open(Path::new(&dir))?.0;
-        let mut n = 0;
-        while n < backlog {
-            let k = 1000.min(backlog - n);
-            let drafts: Vec<_> = (0..k).map(|i| draft(n + i)).collect();
-            o.push("bench", &drafts, None)?;
-            n += k;
-        }
-        o.flush_blocking()?;
+        fill(&o, backlog)?;
         return Ok(());
     }
 
@@ -186,14 +192,7 @@ fn main() -> anyhow::Result<()> {
         let o = Outbox::open(&state)?.0;
         let rss0 = status_kib(std::process::id(), "VmRSS:");
         let t0 = Instant::now();
-        let mut n = 0;
-        while n < backlog {
-            let k = 1000.min(backlog - n);
-            let drafts: Vec<_> = (0..k).map(|i| draft(n + i)).collect();
-            o.push("bench", &drafts, None)?;
-            n += k;
-        }
-        o.flush_blocking()?;
+        fill(&o, backlog)?;
         println!(
             "\n## backlog: {backlog} alerts, {} payload bytes, sled on disk {} bytes, written in {:.2} s; \
              RSS of the writing process {} -> {} KiB",
