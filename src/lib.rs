@@ -7,14 +7,15 @@
 
 pub mod alert;
 pub mod backoff;
+pub mod cancel;
 pub mod cli;
 pub mod config;
-pub mod connect;
 pub mod diagnostic;
 pub mod health;
 pub mod homeassistant;
 pub mod http;
 pub mod logging;
+pub mod mqtt;
 pub mod offline;
 pub mod outbox;
 pub mod payload;
@@ -23,5 +24,6 @@ pub mod rules;
 pub mod runtime;
 pub mod source;
 pub mod telemetry;
+pub mod tls;
 pub mod topic;
 pub mod upstream;

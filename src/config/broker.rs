@@ -1,8 +1,9 @@
 //! Where an MQTT broker is and how to log in: shared by `[upstream]` and `[[mqtt]]`.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::tls::TlsFiles;
 
 /// `mqtt://host:port` or `mqtts://host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,14 +96,6 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
     }
-}
-
-/// Files for a TLS connection; all optional (system roots are used otherwise).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TlsFiles {
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
 }
 
 /// Everything needed to open one MQTT connection.

@@ -22,8 +22,9 @@ use crate::diagnostic::{Diagnostic, Diagnostics, Source, deserialize_lenient};
 use crate::payload::Format;
 use crate::rules::Rule;
 use crate::source::template::{SensorTemplate, validate_filter};
+use crate::tls::{self, TlsFiles};
 use crate::topic;
-pub use broker::{BrokerConfig, BrokerUrl, Secret, TlsFiles};
+pub use broker::{BrokerConfig, BrokerUrl, Secret};
 use units::{ByteSize, HumanDuration};
 
 pub const DEFAULT_PATH: &str = "/etc/outpost/outpost.toml";
@@ -775,7 +776,7 @@ impl Compiler<'_, '_> {
                         None
                     }
                     Ok(s) => {
-                        if let Some(w) = crate::connect::loose_permissions("password_file", &path) {
+                        if let Some(w) = loose_permissions("password_file", &path) {
                             self.warn(f.span(), w);
                         }
                         // The first line, as documented; a trailing newline is not part of it.
@@ -836,7 +837,7 @@ impl Compiler<'_, '_> {
             ok = false;
         }
         if let Some(key) = &files.key_file
-            && let Some(w) = crate::connect::loose_permissions("key_file", key)
+            && let Some(w) = loose_permissions("key_file", key)
         {
             let span = spans.get("key_file").cloned().unwrap_or_else(|| url.span());
             self.warn(span, w);
@@ -866,7 +867,7 @@ impl Compiler<'_, '_> {
         })?;
         // Parse the PEM files now: a wrong file is a `check` error, not a
         // connection that fails at 3 a.m.
-        if let Err(e) = crate::connect::check_tls_files(&cfg) {
+        if let Err(e) = check_tls_files(&cfg.tls) {
             let span = spans.get(e.key()).cloned().unwrap_or(url_span);
             self.err(span, e.to_string());
             return None;
@@ -922,7 +923,7 @@ impl Compiler<'_, '_> {
     /// A password written into the config file itself, when that file is
     /// readable by others.
     fn inline_password_warning(&mut self, span: std::ops::Range<usize>) {
-        if let Some(w) = crate::connect::loose_permissions("this config file", self.src.path) {
+        if let Some(w) = loose_permissions("this config file", self.src.path) {
             self.warn(
                 span,
                 format!("{w}, and it holds a `password`; or move it into a `password_file`"),
@@ -1220,4 +1221,40 @@ impl Compiler<'_, '_> {
             noise: raw.noise.unwrap_or(0.3),
         })
     }
+}
+
+fn loose_permissions(what: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    tls::loose_permissions(what, path, mode)
+}
+
+fn check_tls_files(files: &TlsFiles) -> Result<(), tls::TlsError> {
+    if let Some(ca) = &files.ca_file {
+        let bytes = tls::read_pem("ca_file", ca)?;
+        tls::check(
+            Some(tls::Pem {
+                what: "ca_file",
+                path: ca,
+                bytes: &bytes,
+            }),
+            None,
+        )?;
+    }
+    if let (Some(cert), Some(key)) = (&files.cert_file, &files.key_file) {
+        let cert_bytes = tls::read_pem("cert_file", cert)?;
+        let key_bytes = tls::read_pem("key_file", key)?;
+        let cert = tls::Pem {
+            what: "cert_file",
+            path: cert,
+            bytes: &cert_bytes,
+        };
+        let key = tls::Pem {
+            what: "key_file",
+            path: key,
+            bytes: &key_bytes,
+        };
+        tls::check(None, Some((cert, key)))?;
+    }
+    Ok(())
 }

@@ -16,12 +16,12 @@ use tracing::{debug, info, warn};
 use super::SourceContext;
 use super::template::match_filter;
 use crate::backoff::{Backoff, jitter};
+use crate::cancel::sleep_or_cancel;
 use crate::config::MqttSourceConfig;
-use crate::connect::mqtt_options;
+use crate::mqtt;
 use crate::payload::{self, ParseContext, ParseError};
 use crate::reading::{Reading, wall_ms};
 use crate::rules::LocalPublish;
-use crate::upstream::{next_event, sleep_or_cancel};
 
 /// Largest MQTT packet accepted from the broker; payloads over the source's
 /// `max_payload` are counted and dropped by us, not by a disconnect.
@@ -46,7 +46,7 @@ pub async fn run(
     let mut connected_before = false;
     let mut readings = Vec::new();
     loop {
-        let opts = match mqtt_options(&cfg.broker, MAX_INCOMING) {
+        let opts = match mqtt::options(&cfg.broker, MAX_INCOMING) {
             Ok(o) => o,
             Err(e) => {
                 warn!(source = %cfg.name, error = %e, "MQTT source TLS setup failed");
@@ -57,8 +57,8 @@ pub async fn run(
             }
         };
         let (client, eventloop) = AsyncClient::new(opts, 64);
-        // Never cancelled half-way (see upstream::next_event).
-        let mut poll = Box::pin(next_event(eventloop));
+        // Never dropped half-way (see `mqtt::next_event`).
+        let mut poll = mqtt::poll(eventloop);
         let mut connected = false;
         let reason = loop {
             tokio::select! {
@@ -73,7 +73,7 @@ pub async fn run(
                         }
                 }
                 (el, ev) = &mut poll => {
-                    poll = Box::pin(next_event(el));
+                    poll = mqtt::poll(el);
                     match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
@@ -100,7 +100,7 @@ pub async fn run(
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => break crate::connect::explain(&e, &cfg.broker.url.host),
+                    Err(e) => break mqtt::explain(&e, &cfg.broker.url.host),
                 }},
             }
         };

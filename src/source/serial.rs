@@ -18,10 +18,10 @@ use tracing::{debug, info, warn};
 use super::SourceContext;
 use super::lines::{Line, LineSplitter};
 use crate::backoff::{Backoff, jitter};
+use crate::cancel::sleep_or_cancel;
 use crate::config::{FlowControl, Parity, SerialConfig};
 use crate::payload::{self, ParseContext, ParseError};
 use crate::reading::{Reading, wall_ms};
-use crate::upstream::sleep_or_cancel;
 
 /// An open port that delivered data for this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);

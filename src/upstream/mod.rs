@@ -46,10 +46,11 @@ use tracing::{debug, info, warn};
 
 use crate::alert::Alert;
 use crate::backoff::{Backoff, jitter};
+use crate::cancel::sleep_or_cancel;
 use crate::config::UpstreamConfig;
-use crate::connect::{explain, mqtt_options};
 use crate::health::Health;
 use crate::homeassistant::{Discovery, Message};
+use crate::mqtt::{self, explain};
 use crate::outbox::Outbox;
 use crate::outbox::event::event_id;
 use crate::rules::AlertState;
@@ -174,7 +175,7 @@ impl Upstream {
         let mut side = Side::new(&self.cfg);
         let mut last_reason = String::new();
         loop {
-            let mut opts = match mqtt_options(&self.cfg.broker, max_packet) {
+            let mut opts = match mqtt::options(&self.cfg.broker, max_packet) {
                 Ok(o) => o,
                 Err(e) => {
                     // A TLS file that went missing after `check`: keep alerts, retry later.
@@ -236,10 +237,8 @@ impl Upstream {
         acked: &mut Vec<u64>,
     ) -> End {
         side.new_session();
-        // The poll future lives across loop turns and is never dropped
-        // half-way: rumqttc's `poll` is not cancel-safe while it connects
-        // (a cancelled poll throws the half-made connection away).
-        let mut poll: std::pin::Pin<Box<PollFuture>> = Box::pin(next_event(eventloop));
+        // Never dropped half-way (see `mqtt::next_event`).
+        let mut poll = mqtt::poll(eventloop);
         let mut tracker = AckTracker::new();
         // Per connection, like the tracker: what is not acknowledged on this
         // connection is sent again (and timed again) on the next.
@@ -264,7 +263,7 @@ impl Upstream {
                     draining = Some(Instant::now() + DRAIN_TIMEOUT);
                 }
                 (el, ev) = &mut poll => {
-                    poll = Box::pin(next_event(el));
+                    poll = mqtt::poll(el);
                     match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
@@ -440,7 +439,7 @@ impl Upstream {
     async fn goodbye(
         &self,
         client: &AsyncClient,
-        mut poll: std::pin::Pin<Box<PollFuture>>,
+        mut poll: mqtt::Poll,
         unassigned: usize,
         deadline: Instant,
     ) {
@@ -459,7 +458,7 @@ impl Upstream {
             let Ok((el, ev)) = tokio::time::timeout_at(deadline, &mut poll).await else {
                 return;
             };
-            poll = Box::pin(next_event(el));
+            poll = mqtt::poll(el);
             match ev {
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     offline_pkid = Some(pkid);
@@ -478,7 +477,7 @@ impl Upstream {
         let _ = tokio::time::timeout_at(deadline, async {
             loop {
                 let (el, ev) = (&mut poll).await;
-                poll = Box::pin(next_event(el));
+                poll = mqtt::poll(el);
                 match ev {
                     Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
                     Ok(_) => {}
@@ -546,24 +545,5 @@ impl Side {
             self.queue.pop_front();
         }
         true
-    }
-}
-
-type PollFuture =
-    dyn std::future::Future<Output = (EventLoop, Result<Event, rumqttc::ConnectionError>)> + Send;
-
-/// Polls once, handing the event loop back with the event.
-pub async fn next_event(
-    mut eventloop: EventLoop,
-) -> (EventLoop, Result<Event, rumqttc::ConnectionError>) {
-    let ev = eventloop.poll().await;
-    (eventloop, ev)
-}
-
-/// Sleeps `d`; returns true when cancelled meanwhile.
-pub async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = cancel.cancelled() => true,
     }
 }
