@@ -37,7 +37,7 @@ fn mqtt_message(cfg: &Config, source: &str, topic: &str, payload: &str) -> Vec<R
     assert!(
         src.topics
             .iter()
-            .any(|f| outpost::source::template::match_filter(f, topic).is_some()),
+            .any(|f| outpost::topic::match_filter(f, topic).is_some()),
         "{topic} is not subscribed by {source}"
     );
     let mut out = Vec::new();
@@ -151,10 +151,7 @@ fn zigbee2mqtt_devices_are_named_from_the_topic() {
     assert!(
         src.topics
             .iter()
-            .all(
-                |f| outpost::source::template::match_filter(f, "zigbee2mqtt/bridge/state")
-                    .is_none()
-            ),
+            .all(|f| outpost::topic::match_filter(f, "zigbee2mqtt/bridge/state").is_none()),
         "the bridge's own topics are not readings"
     );
 }

@@ -2,8 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use outpost::source::template::{SensorTemplate, match_filter};
-use outpost::topic::{MAX_TOPIC_LEN, alert_topic};
+use outpost::topic::{MAX_TOPIC_LEN, SensorTemplate, alert_topic, match_filter};
 
 fuzz_target!(|data: (&str, &str, &str)| {
     let (a, b, c) = data;

@@ -21,9 +21,9 @@ use toml::de::DeValue;
 use crate::diagnostic::{Diagnostic, Diagnostics, Source, deserialize_lenient};
 use crate::payload::Format;
 use crate::rules::Rule;
-use crate::source::template::{SensorTemplate, validate_filter};
 use crate::tls::{self, TlsFiles};
 use crate::topic;
+use crate::topic::{SensorTemplate, validate_filter};
 pub use broker::{BrokerConfig, BrokerUrl, Secret};
 use units::{ByteSize, HumanDuration};
 

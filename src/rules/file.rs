@@ -450,9 +450,7 @@ fn compile(
     }
     let mut actions = Vec::new();
     for a in raw.actions.unwrap_or_default() {
-        if crate::source::template::validate_filter(&a.topic).is_err()
-            || a.topic.contains(['+', '#'])
-        {
+        if crate::topic::validate_filter(&a.topic).is_err() || a.topic.contains(['+', '#']) {
             err(
                 raw.id.span(),
                 format!(

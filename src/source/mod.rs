@@ -11,7 +11,6 @@ pub mod lines;
 pub mod mqtt;
 pub mod serial;
 pub mod simulate;
-pub mod template;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

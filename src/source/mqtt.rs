@@ -14,7 +14,6 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::SourceContext;
-use super::template::match_filter;
 use crate::backoff::{Backoff, jitter};
 use crate::cancel::sleep_or_cancel;
 use crate::config::MqttSourceConfig;
@@ -22,6 +21,7 @@ use crate::mqtt;
 use crate::payload::{self, ParseContext, ParseError};
 use crate::reading::{Reading, wall_ms};
 use crate::rules::LocalPublish;
+use crate::topic::match_filter;
 
 /// Largest MQTT packet accepted from the broker; payloads over the source's
 /// `max_payload` are counted and dropped by us, not by a disconnect.

@@ -1,10 +1,21 @@
-//! Building upstream topics from an allow-list.
+//! MQTT topics.
+//!
+//! Upstream topics are built from an allow-list (this file). The topic
+//! filters `[[mqtt]]` sources subscribe to are checked and matched in
+//! `filter`, and the sensor templates over topic levels are in
+//! `sensor_template`.
 //!
 //! A sensor id comes from a device (a serial line, a topic level, a JSON
 //! field) and must never change what a topic means: `+`, `#`, NUL and control
 //! characters become `_`, empty levels become `_`, and since every topic
 //! starts with the validated `topic_prefix`, a leading `$` is impossible.
 //! rumqttc's own check only refuses `+` and `#` (see PITFALLS.md).
+
+mod filter;
+mod sensor_template;
+
+pub use filter::{match_filter, validate_filter};
+pub use sensor_template::SensorTemplate;
 
 /// Longest topic outpost builds, well under MQTT's 65,535 and brokers' limits.
 pub const MAX_TOPIC_LEN: usize = 1024;
