@@ -16,7 +16,6 @@ pub mod homeassistant;
 pub mod http;
 pub mod logging;
 pub mod mqtt;
-pub mod offline;
 pub mod outbox;
 pub mod payload;
 pub mod reading;

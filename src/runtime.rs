@@ -311,17 +311,9 @@ async fn wait_for_signals(config: &Config, control: &mpsc::Sender<Control>, tele
             _ = int.recv() => { info!("SIGINT"); return; }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading rules");
-                let paths = config.gateway.rules.clone();
-                match tokio::task::spawn_blocking(move || crate::rules::file::load_files_placed(&paths)).await {
-                    Ok(Ok((rules, places))) => {
-                        let refused = crate::config::check_actions(&rules, &places, &config.mqtt);
-                        if !refused.is_empty() {
-                            Telemetry::bump(&telemetry.rule_reload_errors);
-                            for d in refused.iter() {
-                                error!(error = %d, "rules reload refused; the old rules keep running");
-                            }
-                            continue;
-                        }
+                let current = config.clone();
+                match tokio::task::spawn_blocking(move || current.reload_rules()).await {
+                    Ok(Ok(rules)) => {
                         let n = rules.len();
                         if control.send(Control::Reload(rules)).await.is_ok() {
                             Telemetry::bump(&telemetry.rule_reloads);

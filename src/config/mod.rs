@@ -7,7 +7,8 @@
 //! and the rules files the config names are loaded and checked too.
 
 pub mod broker;
-pub mod units;
+mod rules_file;
+mod units;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ use crate::tls::{self, TlsFiles};
 use crate::topic;
 use crate::topic::{SensorTemplate, validate_filter};
 pub use broker::{BrokerConfig, BrokerUrl, Secret};
+pub use rules_file::{Places, load_rules, parse_rules};
+pub use units::parse_duration;
 use units::{ByteSize, HumanDuration};
 
 pub const DEFAULT_PATH: &str = "/etc/outpost/outpost.toml";
@@ -379,7 +382,7 @@ impl Config {
         let mut warnings = std::mem::take(&mut c.warnings);
         warnings.sort_by_key(|d| (d.line, d.col));
         let rules = match &gateway {
-            Some(g) => match crate::rules::file::load_files_placed(&g.rules) {
+            Some(g) => match rules_file::load_rules_placed(&g.rules) {
                 Ok((rules, places)) => {
                     diags.extend(check_actions(&rules, &places, &mqtt));
                     rules
@@ -407,6 +410,19 @@ impl Config {
                 warnings,
             }),
             _ => Err(diags),
+        }
+    }
+
+    /// The rules files read again (SIGHUP), checked as at start: a set that
+    /// does not validate, or has an action on an unknown broker, is refused
+    /// whole.
+    pub fn reload_rules(&self) -> Result<Vec<Rule>, Diagnostics> {
+        let (rules, places) = rules_file::load_rules_placed(&self.gateway.rules)?;
+        let refused = check_actions(&rules, &places, &self.mqtt);
+        if refused.is_empty() {
+            Ok(rules)
+        } else {
+            Err(refused)
         }
     }
 
@@ -522,11 +538,7 @@ impl Default for HttpConfig {
 
 /// Every rule action must name an `[[mqtt]]` source (the local broker it
 /// publishes on); each miss is reported at the rule's `id`.
-pub fn check_actions(
-    rules: &[Rule],
-    places: &crate::rules::file::Places,
-    mqtt: &[MqttSourceConfig],
-) -> Diagnostics {
+fn check_actions(rules: &[Rule], places: &Places, mqtt: &[MqttSourceConfig]) -> Diagnostics {
     let names: HashSet<&str> = mqtt.iter().map(|m| m.name.as_str()).collect();
     let mut diags = Diagnostics::default();
     for r in rules {

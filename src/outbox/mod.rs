@@ -69,7 +69,6 @@
 //! sled is tuned for a small device: a 4 MiB page cache instead of 1 GiB
 //! (RSS grows with it), low-space mode.
 
-pub mod cli;
 pub mod event;
 
 use std::path::{Path, PathBuf};

@@ -23,10 +23,6 @@ fn draft(i: u64, severity: Severity) -> AlertDraft {
     }
 }
 
-pub(super) fn draft_for_cli(i: u64) -> AlertDraft {
-    draft(i, Severity::Warning)
-}
-
 fn open(dir: &Path) -> Outbox {
     open_full(dir).0
 }

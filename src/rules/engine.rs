@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::template::{self, Context};
+use super::message::{self, Context};
 use super::{Aggregate, AlertDraft, AlertState, Condition, LocalPublish, Reason, Rule, Severity};
 use crate::reading::{Now, Reading};
 
@@ -444,7 +444,7 @@ fn default_template(condition: &Condition, state: AlertState, threshold: f64) ->
         }
         (Condition::Outside { lo, hi, .. }, state) => {
             let above = threshold == *hi;
-            let (lo, hi) = (template::format_number(*lo), template::format_number(*hi));
+            let (lo, hi) = (message::format_number(*lo), message::format_number(*hi));
             return match state {
                 Firing if above => {
                     format!("{{sensor}} {{metric}} is {{value}}, above {hi} (range {lo}..{hi})")
@@ -508,15 +508,15 @@ fn draft(rule: &Rule, e: Emit<'_>, now: Now) -> AlertDraft {
             labels: &rule.labels,
         };
         match &rule.message {
-            Some(t) => template::render(t, &ctx),
-            None => template::render(
+            Some(t) => message::render(t, &ctx),
+            None => message::render(
                 &default_template(&rule.condition, e.state, e.threshold),
                 &ctx,
             ),
         }
     };
     let mut message = message;
-    template::truncate(&mut message, template::MAX_MESSAGE_BYTES);
+    message::truncate(&mut message, message::MAX_MESSAGE_BYTES);
     let actions = if e.reason == Reason::Repeat {
         Vec::new()
     } else {
@@ -1298,8 +1298,8 @@ mod tests {
             a.ts_ms - WALL,
             a.rule,
             a.sensor,
-            template::format_number(a.value),
-            template::format_number(a.threshold)
+            message::format_number(a.value),
+            message::format_number(a.threshold)
         )
     }
 

@@ -10,16 +10,14 @@
 //! Code map:
 //! - `mod.rs` (this file): the types shared with the loader and the runtime.
 //! - [`glob`]: sensor/metric patterns where `*` matches any run of characters.
-//! - [`template`]: alert message templates (`{sensor} is {value:.1}`).
+//! - [`message`]: alert message templates (`{sensor} is {value:.1}`).
 //! - [`engine`]: the per-(rule, sensor, metric) state machines, the rule
 //!   index, timers, reload and snapshot/restore.
 
 pub mod engine;
-pub mod file;
 pub mod glob;
+pub mod message;
 pub mod replay;
-pub mod template;
-pub mod testfile;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -203,7 +201,7 @@ pub struct AlertDraft {
     /// Wall ms when the condition started to hold (the start of `pending`;
     /// for silent, the last reading). Same on the resolved alert.
     pub since_ms: i64,
-    /// Rendered message, at most [`template::MAX_MESSAGE_BYTES`].
+    /// Rendered message, at most [`message::MAX_MESSAGE_BYTES`].
     pub message: String,
     pub labels: BTreeMap<String, String>,
     /// Local publishes for this transition (none on repeats).

@@ -1,19 +1,22 @@
 //! `outpost rules test` and `outpost rules replay`: the rule engine run over
 //! files, with simulated time, no broker and no running gateway. The file
-//! reading and printing live here; the simulation is `rules::replay`.
+//! reading and printing live here, the rule unit test format in
+//! [`testfile`]; the simulation is `rules::replay`.
+
+pub mod testfile;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
+use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK, print_diagnostics};
 use crate::alert::Alert;
-use crate::cli::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK, print_diagnostics};
+use crate::config;
 use crate::payload::{self, Format, ParseContext};
 use crate::reading::Reading;
 use crate::rules::replay::Driver;
-use crate::rules::{file, testfile};
 
 /// Runs every case of every file; prints PASS/FAIL per case with a diff.
-pub fn rules_test(files: &[PathBuf]) -> u8 {
+pub fn test(files: &[PathBuf]) -> u8 {
     let (mut passed, mut failed, mut invalid) = (0usize, 0usize, false);
     for path in files {
         let text = match std::fs::read_to_string(path) {
@@ -32,7 +35,7 @@ pub fn rules_test(files: &[PathBuf]) -> u8 {
                 continue;
             }
         };
-        let rules = match file::load_files(&tf.rules) {
+        let rules = match config::load_rules(&tf.rules) {
             Ok(r) => r,
             Err(d) => {
                 print_diagnostics(&d);
@@ -102,8 +105,8 @@ fn parse_payload(bytes: &[u8], out: &mut Vec<Reading>) -> Result<(), String> {
 
 /// Prints the alerts (JSON lines, the published payload format) that the
 /// readings in `input` produce under `rules`.
-pub fn rules_replay(rules: &[PathBuf], input: &Path) -> u8 {
-    let rules = match file::load_files(rules) {
+pub fn replay(rules: &[PathBuf], input: &Path) -> u8 {
+    let rules = match config::load_rules(rules) {
         Ok(r) => r,
         Err(d) => {
             print_diagnostics(&d);

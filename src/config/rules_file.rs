@@ -1,4 +1,5 @@
-//! `rules.toml`: reading and validating rules files into [`Rule`]s.
+//! `rules.toml`: reading and validating rules files into [`Rule`]s (the
+//! rule engine itself knows nothing of files or TOML).
 //!
 //! Every problem in every file is reported with `FILE:LINE:COL`, and a set of
 //! files is accepted or refused whole (a SIGHUP reload must never run half a
@@ -11,9 +12,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Action, Aggregate, Condition, Glob, Rule, Severity, template};
-use crate::config::units::HumanDuration;
+use super::units::HumanDuration;
 use crate::diagnostic::{Diagnostic, Diagnostics, Source, deserialize_lenient};
+use crate::rules::{Action, Aggregate, Condition, Glob, Rule, Severity, message};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,16 +57,16 @@ struct RawAction {
 }
 
 /// Loads every file; returns all rules, or every problem found in any file.
-pub fn load_files(paths: &[PathBuf]) -> Result<Vec<Rule>, Diagnostics> {
-    load_files_placed(paths).map(|(rules, _)| rules)
+pub fn load_rules(paths: &[PathBuf]) -> Result<Vec<Rule>, Diagnostics> {
+    load_rules_placed(paths).map(|(rules, _)| rules)
 }
 
 /// Where each rule is defined: its `id`, as a diagnostic with an empty
 /// message, for checks made later against the rest of the configuration.
 pub type Places = HashMap<String, Diagnostic>;
 
-/// [`load_files`], with the place of every rule.
-pub fn load_files_placed(paths: &[PathBuf]) -> Result<(Vec<Rule>, Places), Diagnostics> {
+/// [`load_rules`], with the place of every rule.
+pub fn load_rules_placed(paths: &[PathBuf]) -> Result<(Vec<Rule>, Places), Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut rules = Vec::new();
     // Where each id was first defined, to report duplicates across files.
@@ -93,7 +94,7 @@ pub fn load_files_placed(paths: &[PathBuf]) -> Result<(Vec<Rule>, Places), Diagn
 }
 
 /// Parses one rules file from text (for tests and `rules test`).
-pub fn parse_str(path: &Path, text: &str) -> Result<Vec<Rule>, Diagnostics> {
+pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<Rule>, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut rules = Vec::new();
     let src = Source::new(path, text);
@@ -430,11 +431,11 @@ fn compile(
     };
 
     if let Some(m) = &raw.message {
-        if let Err(e) = template::validate(m.get_ref()) {
+        if let Err(e) = message::validate(m.get_ref()) {
             err(m.span(), e);
         }
         let labels = raw.labels.as_ref();
-        for l in template::referenced_labels(m.get_ref()) {
+        for l in message::referenced_labels(m.get_ref()) {
             if !labels.is_some_and(|ls| ls.contains_key(&l)) {
                 err(
                     m.span(),
@@ -504,7 +505,7 @@ mod tests {
     use super::*;
 
     fn check(text: &str) -> Result<Vec<Rule>, Vec<String>> {
-        parse_str(Path::new("rules.toml"), text)
+        parse_rules(Path::new("rules.toml"), text)
             .map_err(|d| d.iter().map(|d| d.to_string()).collect())
     }
 

@@ -1,4 +1,4 @@
-//! Alert message templates.
+//! Alert message templates: `message = "..."` in a rule, rendered per alert.
 //!
 //! Placeholders: `{sensor}`, `{metric}`, `{value}`, `{threshold}`, `{rule}`,
 //! `{severity}`, `{state}` and `{labels.NAME}`. Numbers take an optional

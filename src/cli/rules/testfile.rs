@@ -32,11 +32,11 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::replay::Driver;
-use super::{AlertDraft, AlertState, Rule, Severity};
-use crate::config::units::parse_duration;
+use crate::config::parse_duration;
 use crate::diagnostic::{Diagnostics, Source, deserialize_lenient};
 use crate::reading::Reading;
+use crate::rules::replay::Driver;
+use crate::rules::{AlertDraft, AlertState, Rule, Severity};
 
 /// Wall time the simulated series starts at: 2026-01-01T00:00:00Z.
 pub const EPOCH_WALL_MS: i64 = 1_767_225_600_000;
@@ -356,7 +356,7 @@ for = "2m"
 "#;
 
     fn run(test: &str) -> Vec<Outcome> {
-        let rules = crate::rules::file::parse_str(Path::new("rules.toml"), RULES).unwrap();
+        let rules = crate::config::parse_rules(Path::new("rules.toml"), RULES).unwrap();
         let file = parse(
             Path::new("t.toml"),
             &format!("rules = [\"rules.toml\"]\n{test}"),

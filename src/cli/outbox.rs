@@ -6,11 +6,10 @@
 
 use std::io::Write;
 
+use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK, OutboxCommand};
 use crate::alert::rfc3339_ms;
-use crate::cli::{EXIT_FAILURE, EXIT_OK, OutboxCommand};
 use crate::config::Config;
-
-use super::{OpenEvent, Outbox, OutboxError, OutboxEvent};
+use crate::outbox::{OpenEvent, Outbox, OutboxError, OutboxEvent, Record};
 
 pub fn run(cmd: OutboxCommand) -> u8 {
     let (config_path, what) = match &cmd {
@@ -24,7 +23,7 @@ pub fn run(cmd: OutboxCommand) -> u8 {
             for d in diags.iter() {
                 eprintln!("{d}");
             }
-            return crate::cli::EXIT_INVALID;
+            return EXIT_INVALID;
         }
     };
     let dir = &config.gateway.state_dir;
@@ -79,10 +78,7 @@ fn plural(n: u64) -> &'static str {
 }
 
 /// Pages through the outbox without holding it all in memory.
-fn each(
-    outbox: &Outbox,
-    mut f: impl FnMut(&super::Record) -> Result<(), String>,
-) -> Result<(), String> {
+fn each(outbox: &Outbox, mut f: impl FnMut(&Record) -> Result<(), String>) -> Result<(), String> {
     let mut cursor = None;
     loop {
         let page = outbox.after(cursor, 1024).map_err(|e| e.to_string())?;
@@ -191,6 +187,25 @@ fn ranges(r: &[[u64; 2]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::{AlertDraft, AlertState, Reason, Severity};
+
+    fn draft(i: u64) -> AlertDraft {
+        AlertDraft {
+            rule: "hot".into(),
+            sensor: format!("s{i}"),
+            metric: "t".into(),
+            state: AlertState::Firing,
+            severity: Severity::Warning,
+            value: i as f64,
+            threshold: 1.0,
+            ts_ms: 1_700_000_000_000 + i as i64,
+            since_ms: 1_700_000_000_000,
+            message: format!("alert {i}"),
+            labels: Default::default(),
+            actions: Vec::new(),
+            reason: Reason::Transition,
+        }
+    }
 
     #[test]
     fn ranges_print_compactly() {
@@ -201,7 +216,7 @@ mod tests {
     fn export_and_list_page_through_every_alert() {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(dir.path()).unwrap().0;
-        let drafts: Vec<_> = (0..2500).map(super::super::tests::draft_for_cli).collect();
+        let drafts: Vec<_> = (0..2500).map(draft).collect();
         o.push("gw", &drafts, None).unwrap();
         let mut buf = Vec::new();
         export(&o, &mut buf).unwrap();
