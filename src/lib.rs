@@ -11,6 +11,7 @@ pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod diagnostic;
+pub mod evaluator;
 pub mod health;
 pub mod homeassistant;
 pub mod http;

@@ -34,6 +34,13 @@ impl Clock {
         }
     }
 
+    /// A clock whose monotonic zero is `start`: in tests, one that has been
+    /// running for a while.
+    #[cfg(test)]
+    pub(crate) fn starting_at(start: std::time::Instant) -> Self {
+        Clock { start }
+    }
+
     pub fn now(&self) -> Now {
         Now {
             mono_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),

@@ -227,13 +227,17 @@ mod tests {
     use super::*;
 
     fn state(dir: &std::path::Path, stall_after: Duration) -> Arc<HttpState> {
+        state_with(dir, stall_after, Clock::new())
+    }
+
+    fn state_with(dir: &std::path::Path, stall_after: Duration, clock: Clock) -> Arc<HttpState> {
         let (outbox, _) = Outbox::open(dir).unwrap();
         Arc::new(HttpState {
             gateway: "gw".into(),
             upstream: Some(("mqtt://127.0.0.1:1883".into(), "outpost/gw".into())),
             outbox: Arc::new(outbox),
             telemetry: Arc::new(Telemetry::new()),
-            clock: Clock::new(),
+            clock,
             stall_after,
         })
     }
@@ -256,24 +260,35 @@ mod tests {
     #[tokio::test]
     async fn healthz_is_200_while_the_pipeline_moves_and_503_when_it_stalls() {
         let dir = tempfile::tempdir().unwrap();
-        let st = state(dir.path(), Duration::from_millis(300));
-        st.telemetry
-            .last_progress_ms
-            .store(st.clock.now().mono_ms, Ordering::Relaxed);
+        // A clock that has run for a second, so progress can be stamped in
+        // its past instead of waiting for time to pass.
+        let started = std::time::Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .expect("the machine has been up for a second");
+        let st = state_with(
+            dir.path(),
+            Duration::from_millis(300),
+            Clock::starting_at(started),
+        );
+        let stamp = |ago_ms: u64| {
+            let now = st.clock.now().mono_ms;
+            st.telemetry
+                .last_progress_ms
+                .store(now - ago_ms, Ordering::Relaxed);
+        };
+        stamp(0);
         let r = get(st.clone(), "/healthz").await;
         assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
 
         // No progress stamped for longer than stall_after: stuck.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        stamp(400);
         let r = get(st.clone(), "/healthz").await;
         assert_eq!(r.status, 503, "{}", r.body);
         assert!(r.body.starts_with("stalled"), "{}", r.body);
 
         // Progress again: healthy again.
-        st.telemetry
-            .last_progress_ms
-            .store(st.clock.now().mono_ms, Ordering::Relaxed);
-        assert_eq!(get(st, "/healthz").await.status, 200);
+        stamp(0);
+        assert_eq!(get(st.clone(), "/healthz").await.status, 200);
     }
 
     #[tokio::test]

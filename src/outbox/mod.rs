@@ -70,6 +70,7 @@
 //! (RSS grows with it), low-space mode.
 
 pub mod event;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +83,7 @@ use crate::alert::{Alert, rfc3339_ms};
 use crate::rules::{AlertDraft, Severity};
 use crate::telemetry::WarnLimiter;
 pub use event::{BySeverity, DropReason, OutboxEvent};
+pub use writer::{Batch, Writer};
 
 const TREE: &[u8] = b"outbox";
 const ALERT: u8 = b'a';
@@ -227,6 +229,8 @@ pub struct Outbox {
     bytes: AtomicU64,
     dropped: [AtomicU64; 3],
     events: AtomicU64,
+    /// The highest seq a completed flush covers (see [`Outbox::flush`]).
+    flushed: AtomicU64,
 }
 
 /// How much of sled's page cache to keep in memory.
@@ -414,6 +418,8 @@ impl Outbox {
             bytes: AtomicU64::new(bytes),
             dropped,
             events: AtomicU64::new(events),
+            // What is on disk at open survived: it is as durable as it gets.
+            flushed: AtomicU64::new(next_seq.saturating_sub(1)),
         })
     }
 
@@ -759,14 +765,30 @@ impl Outbox {
     }
 
     /// Makes every write so far durable: if this returns Ok, they survive a
-    /// crash or power cut.
-    pub async fn flush(&self) -> Result<usize, OutboxError> {
-        self.db.flush_async().await.map_err(OutboxError::Write)
+    /// crash or power cut. Returns the highest seq it covers: the last one
+    /// pushed before it began.
+    pub async fn flush(&self) -> Result<u64, OutboxError> {
+        let covers = self.next_seq().saturating_sub(1);
+        self.db.flush_async().await.map_err(OutboxError::Write)?;
+        Ok(self.flushed(covers))
     }
 
-    /// Blocking flush, for shutdown and the CLI.
-    pub fn flush_blocking(&self) -> Result<usize, OutboxError> {
-        self.db.flush().map_err(OutboxError::Write)
+    /// Blocking [`Outbox::flush`], for shutdown and the CLI.
+    pub fn flush_blocking(&self) -> Result<u64, OutboxError> {
+        let covers = self.next_seq().saturating_sub(1);
+        self.db.flush().map_err(OutboxError::Write)?;
+        Ok(self.flushed(covers))
+    }
+
+    fn flushed(&self, covers: u64) -> u64 {
+        self.flushed.fetch_max(covers, Ordering::Relaxed);
+        covers
+    }
+
+    /// The highest seq that a completed flush covers: every alert up to it
+    /// survives a crash.
+    pub fn flushed_through(&self) -> u64 {
+        self.flushed.load(Ordering::Relaxed)
     }
 
     /// Up to `limit` alerts with seq greater than `after` (all when `None`),

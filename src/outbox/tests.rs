@@ -124,6 +124,29 @@ fn seq_and_db_id_continue_after_reopen_even_when_everything_was_acked() {
 }
 
 #[test]
+fn a_flush_covers_what_was_pushed_before_it_and_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let o = open(dir.path());
+        assert_eq!(o.flushed_through(), 0);
+        o.push(
+            "gw",
+            &[draft(1, Severity::Info), draft(2, Severity::Info)],
+            None,
+        )
+        .unwrap();
+        assert_eq!(o.flushed_through(), 0, "pushed is not flushed");
+        assert_eq!(o.flush_blocking().unwrap(), 2);
+        o.push("gw", &[draft(3, Severity::Info)], None).unwrap();
+        assert_eq!(o.flushed_through(), 2);
+        o.flush_blocking().unwrap();
+        assert_eq!(o.flushed_through(), 3);
+    }
+    // What a reopened database holds survived: it counts as flushed.
+    assert_eq!(open(dir.path()).flushed_through(), 3);
+}
+
+#[test]
 fn the_rules_state_is_stored_with_the_alerts() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -1,0 +1,360 @@
+//! The evaluator: the task that runs the rule engine.
+//!
+//! It owns the pure [`Engine`] and the clock it is given time by. It feeds
+//! the engine every batch of readings the sources send (taking whatever is
+//! queued in one go, so alerts created together travel as one [`Batch`])
+//! and a tick every [`TICK`] for the timers (`for`, `repeat`, `silent_for`);
+//! hands the drafts it emits, with the engine's state, to the outbox writer;
+//! routes the rules' local actions to the `[[mqtt]]` sources; stamps the
+//! pipeline's heartbeat (`last_progress_ms`); and swaps the rules on a
+//! [`Control::Reload`].
+//!
+//! At start the engine's state is restored from the outbox
+//! ([`Evaluator::restore`]); the resolutions a restore emits go out with the
+//! first batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::outbox::{Batch, Outbox};
+use crate::reading::{Clock, Reading};
+use crate::rules::{AlertDraft, Engine, EngineSnapshot, LocalPublish, Rule};
+use crate::telemetry::Telemetry;
+
+/// How often the engine's timers (`for`, `repeat`, `silent_for`) are checked.
+pub const TICK: Duration = Duration::from_millis(500);
+/// How often the engine state is saved when readings changed it but no alert did.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
+/// Readings taken from the queue in one go at most.
+const READINGS_PER_GO: usize = 1024;
+
+/// What the runtime tells the evaluator.
+pub enum Control {
+    /// New rules (a SIGHUP reload, already validated).
+    Reload(Vec<Rule>),
+}
+
+/// What the evaluator task is connected to.
+pub struct Links {
+    /// Batches of readings from the sources; closed when they all stopped.
+    pub readings: mpsc::Receiver<Vec<Reading>>,
+    pub control: mpsc::Receiver<Control>,
+    /// To the outbox writer.
+    pub batches: mpsc::Sender<Batch>,
+    /// Local actions, by `[[mqtt]]` source name.
+    pub actions: HashMap<String, mpsc::Sender<LocalPublish>>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// The engine with its clock; [`Evaluator::run`] is the task.
+pub struct Evaluator {
+    engine: Engine,
+    clock: Clock,
+    /// Drafts emitted before the task runs (by the restore).
+    out: Vec<AlertDraft>,
+}
+
+impl Evaluator {
+    /// An engine for `rules`, continuing from the state saved in the
+    /// outbox: unchanged rules keep their pairs; firing pairs of rules that
+    /// are gone or changed are resolved. An unreadable state starts fresh.
+    pub fn restore(rules: Vec<Rule>, outbox: &Outbox, clock: Clock) -> Evaluator {
+        let saved = match outbox.rules_state() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot read the saved rule state; starting fresh");
+                None
+            }
+        };
+        let mut out = Vec::new();
+        let engine = match saved.map(|b| serde_json::from_slice::<EngineSnapshot>(&b)) {
+            Some(Ok(snap)) => {
+                let engine = Engine::restore(rules, snap, clock.now(), &mut out);
+                info!(firing = engine.firing().len(), "rule state restored");
+                engine
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "the saved rule state is unreadable; starting fresh");
+                Engine::new(rules)
+            }
+            None => Engine::new(rules),
+        };
+        Evaluator { engine, clock, out }
+    }
+
+    /// Runs until the readings channel closes (the sources stopped), then
+    /// hands the final state to the writer and returns.
+    pub async fn run(self, links: Links) {
+        let Evaluator { engine, clock, out } = self;
+        let mut task = Task {
+            engine,
+            clock,
+            out,
+            links,
+            dirty: false,
+            firing_stale: false,
+            last_snapshot: tokio::time::Instant::now(),
+        };
+        task.run().await;
+    }
+}
+
+/// The running task's state.
+struct Task {
+    engine: Engine,
+    clock: Clock,
+    /// Drafts emitted and not yet handed over.
+    out: Vec<AlertDraft>,
+    links: Links,
+    /// Readings changed the state since it was last handed over.
+    dirty: bool,
+    /// The firing snapshot in telemetry lags the latest values.
+    firing_stale: bool,
+    last_snapshot: tokio::time::Instant,
+}
+
+impl Task {
+    async fn run(&mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut control_open = true;
+        // The firing snapshot for /status and /metrics: refreshed when alerts
+        // change it, and on a tick after readings (for the latest values).
+        self.links.telemetry.set_firing(self.engine.firing());
+        loop {
+            let mut done = false;
+            tokio::select! {
+                r = self.links.readings.recv() => match r {
+                    Some(batch) => self.on_readings(batch),
+                    None => done = true,
+                },
+                _ = tick.tick() => self.on_tick(),
+                c = self.links.control.recv(), if control_open => match c {
+                    Some(Control::Reload(rules)) => {
+                        self.engine.reload(rules, self.clock.now(), &mut self.out);
+                        self.links.telemetry.set_firing(self.engine.firing());
+                    }
+                    None => control_open = false,
+                },
+            }
+            let snapshot_due = self.dirty && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY;
+            if (!self.out.is_empty() || snapshot_due || done) && !self.hand_over().await {
+                error!("outbox writer gone; engine stopping");
+                return;
+            }
+            if done {
+                debug!("engine: readings closed, final state handed to the writer");
+                return;
+            }
+        }
+    }
+
+    /// One batch, and whatever else is queued (one batch out, one flush).
+    fn on_readings(&mut self, batch: Vec<Reading>) {
+        let now = self.clock.now();
+        let mut n = batch.len();
+        for r in &batch {
+            self.engine.on_reading(r, now, &mut self.out);
+        }
+        while n < READINGS_PER_GO {
+            let Ok(batch) = self.links.readings.try_recv() else {
+                break;
+            };
+            n += batch.len();
+            for r in &batch {
+                self.engine.on_reading(r, now, &mut self.out);
+            }
+        }
+        self.dirty = true;
+        self.firing_stale = true;
+        let t = &self.links.telemetry;
+        t.last_progress_ms.store(now.mono_ms, Ordering::Relaxed);
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.clock.now();
+        self.engine.tick(now, &mut self.out);
+        let t = &self.links.telemetry;
+        t.last_progress_ms.store(now.mono_ms, Ordering::Relaxed);
+        if std::mem::take(&mut self.firing_stale) {
+            t.set_firing(self.engine.firing());
+        }
+    }
+
+    /// Sends the local actions and hands the drafts and the engine's state
+    /// to the writer; false when the writer is gone.
+    async fn hand_over(&mut self) -> bool {
+        let t = &self.links.telemetry;
+        if !self.out.is_empty() {
+            t.set_firing(self.engine.firing());
+        }
+        for a in self.out.iter().flat_map(|d| &d.actions) {
+            match self.links.actions.get(&a.broker) {
+                Some(tx) => {
+                    if tx.try_send(a.clone()).is_err() {
+                        warn!(broker = %a.broker, topic = %a.topic, "local action dropped: broker queue full or gone");
+                    }
+                }
+                None => warn!(broker = %a.broker, "local action for an unknown broker"),
+            }
+        }
+        let state = match serde_json::to_vec(&self.engine.snapshot(self.clock.now())) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot serialize the rule state");
+                None
+            }
+        };
+        Telemetry::bump_by(&t.alerts_created, self.out.len() as u64);
+        let batch = Batch {
+            drafts: std::mem::take(&mut self.out),
+            rules_state: state,
+        };
+        if self.links.batches.send(batch).await.is_err() {
+            return false;
+        }
+        self.dirty = false;
+        self.last_snapshot = tokio::time::Instant::now();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Action, AlertState, Condition, Glob, Severity};
+
+    fn rule(id: &str, above: f64) -> Rule {
+        Rule {
+            id: id.into(),
+            sensor: Glob::new("*"),
+            metric: Glob::new("t"),
+            condition: Condition::Above {
+                threshold: above,
+                clear: None,
+            },
+            aggregate: None,
+            for_ms: 0,
+            repeat_ms: None,
+            severity: Severity::Warning,
+            message: None,
+            labels: Default::default(),
+            actions: vec![Action {
+                broker: "local".into(),
+                topic: "fan/set".into(),
+                on_firing: Some("ON".into()),
+                on_resolved: Some("OFF".into()),
+            }],
+        }
+    }
+
+    fn reading(value: f64) -> Reading {
+        Reading {
+            sensor: "s1".into(),
+            metric: "t".into(),
+            value,
+            ts_ms: 0,
+        }
+    }
+
+    struct Running {
+        readings: mpsc::Sender<Vec<Reading>>,
+        control: mpsc::Sender<Control>,
+        batches: mpsc::Receiver<Batch>,
+        actions: mpsc::Receiver<LocalPublish>,
+        telemetry: Arc<Telemetry>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(rules: Vec<Rule>) -> Running {
+        let (readings, readings_rx) = mpsc::channel(16);
+        let (control, control_rx) = mpsc::channel(4);
+        let (batches_tx, batches) = mpsc::channel(16);
+        let (actions_tx, actions) = mpsc::channel(16);
+        let telemetry = Arc::new(Telemetry::new());
+        let evaluator = Evaluator {
+            engine: Engine::new(rules),
+            clock: Clock::new(),
+            out: Vec::new(),
+        };
+        let task = tokio::spawn(evaluator.run(Links {
+            readings: readings_rx,
+            control: control_rx,
+            batches: batches_tx,
+            actions: HashMap::from([("local".to_string(), actions_tx)]),
+            telemetry: telemetry.clone(),
+        }));
+        Running {
+            readings,
+            control,
+            batches,
+            actions,
+            telemetry,
+            task,
+        }
+    }
+
+    fn states(b: &Batch) -> Vec<AlertState> {
+        b.drafts.iter().map(|d| d.state).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_firing_reading_hands_its_alert_with_the_engine_state_and_sends_its_action() {
+        let mut e = start(vec![rule("hot", 30.0)]);
+        e.readings.send(vec![reading(31.0)]).await.unwrap();
+        let b = e.batches.recv().await.unwrap();
+        assert_eq!(states(&b), [AlertState::Firing]);
+        let state: EngineSnapshot = serde_json::from_slice(&b.rules_state.unwrap()).unwrap();
+        assert_eq!(state.rules.len(), 1, "the firing pair is in the state");
+        let a = e.actions.recv().await.unwrap();
+        assert_eq!((a.topic.as_str(), a.payload.as_str()), ("fan/set", "ON"));
+        assert_eq!(e.telemetry.firing().len(), 1);
+        assert_eq!(e.telemetry.alerts_created.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_resolves_what_a_removed_rule_had_firing() {
+        let mut e = start(vec![rule("hot", 30.0)]);
+        e.readings.send(vec![reading(31.0)]).await.unwrap();
+        assert_eq!(
+            states(&e.batches.recv().await.unwrap()),
+            [AlertState::Firing]
+        );
+        e.control.send(Control::Reload(Vec::new())).await.unwrap();
+        assert_eq!(
+            states(&e.batches.recv().await.unwrap()),
+            [AlertState::Resolved]
+        );
+        assert!(e.telemetry.firing().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readings_that_change_the_state_but_no_alert_are_saved_on_the_snapshot_period() {
+        let mut e = start(vec![rule("hot", 30.0)]);
+        let t0 = tokio::time::Instant::now();
+        e.readings.send(vec![reading(20.0)]).await.unwrap();
+        // Ticks keep coming; the state is handed over once it is due.
+        let b = e.batches.recv().await.unwrap();
+        assert!(b.drafts.is_empty() && b.rules_state.is_some());
+        assert!(
+            t0.elapsed() >= SNAPSHOT_EVERY,
+            "saved after {:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_the_sources_stop_the_final_state_goes_to_the_writer_and_the_task_ends() {
+        let mut e = start(vec![rule("hot", 30.0)]);
+        drop(e.readings);
+        let b = e.batches.recv().await.unwrap();
+        assert!(b.rules_state.is_some());
+        e.task.await.unwrap();
+        assert!(e.batches.recv().await.is_none());
+    }
+}

@@ -1,0 +1,199 @@
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::rules::{AlertState, Reason, Severity};
+
+fn draft(i: u64) -> AlertDraft {
+    AlertDraft {
+        rule: "hot".into(),
+        sensor: format!("s{i}"),
+        metric: "t".into(),
+        state: AlertState::Firing,
+        severity: Severity::Warning,
+        value: i as f64,
+        threshold: 1.0,
+        ts_ms: 1_700_000_000_000,
+        since_ms: 1_700_000_000_000,
+        message: format!("alert {i}"),
+        labels: Default::default(),
+        actions: Vec::new(),
+        reason: Reason::Transition,
+    }
+}
+
+fn batch(i: u64) -> Batch {
+    Batch {
+        drafts: vec![draft(i)],
+        rules_state: None,
+    }
+}
+
+struct Running {
+    _dir: tempfile::TempDir,
+    outbox: Arc<Outbox>,
+    tx: mpsc::Sender<Batch>,
+    durable: watch::Receiver<u64>,
+    telemetry: Arc<Telemetry>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(flush: FlushPolicy) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Arc::new(Outbox::open(dir.path()).unwrap().0);
+    let (tx, rx) = mpsc::channel(1024);
+    let (dtx, durable) = watch::channel(0);
+    let telemetry = Arc::new(Telemetry::new());
+    let writer = Writer {
+        gateway: "gw".into(),
+        flush,
+        outbox: outbox.clone(),
+        telemetry: telemetry.clone(),
+    };
+    let task = tokio::spawn(writer.run(rx, dtx));
+    Running {
+        _dir: dir,
+        outbox,
+        tx,
+        durable,
+        telemetry,
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_arriving_together_share_one_flush_and_each_is_announced_only_after_it() {
+    let w = start(FlushPolicy::Always);
+    // A burst from several producers while the writer works.
+    let mut producers = Vec::new();
+    for p in 0..4u64 {
+        let tx = w.tx.clone();
+        producers.push(tokio::spawn(async move {
+            for i in 0..100 {
+                tx.send(batch(p * 1000 + i)).await.unwrap();
+            }
+        }));
+    }
+    let mut durable = w.durable.clone();
+    let watcher_outbox = w.outbox.clone();
+    let watcher = tokio::spawn(async move {
+        // Every announced seq is covered by a flush that began after it was
+        // pushed and has returned: the outbox's own record of its flushes.
+        let mut announced = Vec::new();
+        while durable.changed().await.is_ok() {
+            let d = *durable.borrow_and_update();
+            let flushed = watcher_outbox.flushed_through();
+            assert!(
+                d <= flushed,
+                "seq {d} announced, but flushes cover only up to {flushed}"
+            );
+            announced.push(d);
+            if d == 400 {
+                return announced;
+            }
+        }
+        panic!("the writer stopped before announcing seq 400: {announced:?}");
+    });
+    for p in producers {
+        p.await.unwrap();
+    }
+    let announced = watcher.await.unwrap();
+    assert!(
+        announced.windows(2).all(|w| w[0] < w[1]),
+        "announcements only move forward: {announced:?}"
+    );
+    drop(w.tx);
+    w.task.await.unwrap();
+    let flushes = w.telemetry.outbox_flushes.load(Ordering::Relaxed);
+    assert_eq!(w.outbox.depth(), 400);
+    assert!(
+        flushes < 400 / 4,
+        "group commit: 400 alerts in bursts took {flushes} flushes"
+    );
+}
+
+/// The paused clock moves only when every task waits, so "before the period
+/// ends" is exact and no real time passes.
+#[tokio::test(start_paused = true)]
+async fn with_a_flush_period_alerts_are_announced_at_once_and_flushed_on_the_period() {
+    let period = Duration::from_millis(300);
+    let w = start(FlushPolicy::Every(period));
+    let mut durable = w.durable.clone();
+    // The period timer's first tick is immediate: let the writer take it
+    // (virtual time; nothing is due before 1 ms but that tick).
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let sent = Instant::now();
+    let before = w.telemetry.outbox_flushes.load(Ordering::Relaxed);
+    w.tx.send(batch(1)).await.unwrap();
+    while *durable.borrow_and_update() < 1 {
+        durable.changed().await.unwrap();
+    }
+    assert!(
+        sent.elapsed() < period,
+        "announced after {:?}, not at once",
+        sent.elapsed()
+    );
+    assert_eq!(
+        w.telemetry.outbox_flushes.load(Ordering::Relaxed),
+        before,
+        "no flush per alert under a period"
+    );
+    assert!(w.outbox.flushed_through() < 1, "not flushed yet");
+    // The next tick of the period flushes it.
+    let deadline = sent + 10 * period;
+    while w.outbox.flushed_through() < 1 {
+        assert!(Instant::now() < deadline, "not flushed within ten periods");
+        tokio::time::sleep(period / 10).await;
+    }
+    assert!(
+        sent.elapsed() + Duration::from_millis(1) >= period,
+        "flushed after {:?}, before the period ended",
+        sent.elapsed()
+    );
+    drop(w.tx);
+    w.task.await.unwrap();
+}
+
+/// sled refuses every write to a dropped tree: a disk that keeps failing.
+#[tokio::test(start_paused = true)]
+async fn a_failing_disk_is_retried_with_capped_jittered_backoff_while_batches_keep_coming() {
+    let w = start(FlushPolicy::Always);
+    w.outbox.db.drop_tree(super::super::TREE).unwrap();
+    let errors = || w.telemetry.outbox_errors.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    w.tx.send(batch(0)).await.unwrap();
+    // The instants of the first 12 failed writes, seen every 5 ms of
+    // (virtual) time.
+    let mut failures = Vec::new();
+    let mut seen = 0;
+    while failures.len() < 12 {
+        assert!(t0.elapsed() < Duration::from_secs(600), "{failures:?}");
+        // The evaluator never waits on the failing disk: more than the
+        // channel holds goes in meanwhile.
+        w.tx.try_send(batch(1))
+            .expect("the writer keeps taking batches");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = errors();
+        if now > seen {
+            failures.push(t0.elapsed());
+            seen = now;
+        }
+    }
+    let slack = Duration::from_millis(5);
+    for (i, pair) in failures.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let step = (RETRY_MIN * 2u32.pow(i as u32)).min(RETRY_MAX);
+        assert!(
+            gap + slack >= step / 2 && gap <= step + slack,
+            "retry {i} after {gap:?}, expected {:?}..{step:?}: {failures:?}",
+            step / 2
+        );
+    }
+    assert_eq!(w.outbox.depth(), 0);
+    // Stopping while the disk still refuses: the writer gives up at its
+    // next attempt.
+    drop(w.tx);
+    tokio::time::timeout(RETRY_MAX * 2, w.task)
+        .await
+        .expect("the writer stops")
+        .unwrap();
+}

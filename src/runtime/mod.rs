@@ -1,0 +1,230 @@
+//! Wiring and supervision: builds every component from the [`Config`],
+//! connects them with channels, spawns their tasks (the only module that
+//! does), and runs the shutdown sequence. The tasks' logic lives with their
+//! components: `source`, `evaluator`, `outbox::Writer`, `upstream`, `http`.
+//!
+//! ```text
+//! sources ──readings (bounded)──> evaluator ──alert batches──> outbox writer ──durable seq──> upstream
+//!                                   │ (pure Engine + clock)      (sled push, group flush)      (publish, PUBACK → ack)
+//!                                   └─ local actions ──> mqtt sources
+//! ```
+//!
+//! Shutdown (SIGTERM, SIGINT): sources stop; the evaluator finishes what is
+//! queued and hands its final state to the writer; the writer stores and
+//! flushes; then the upstream finishes in-flight publishes for up to a few
+//! seconds, publishes `offline` and disconnects; sled is flushed once more.
+//! Reload (SIGHUP, [`signals`]): the rules files are read again; a set that
+//! does not validate is refused whole and the old rules keep running. The
+//! systemd watchdog is [`watchdog`].
+
+mod signals;
+mod watchdog;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::evaluator::{Control, Evaluator, Links};
+use crate::outbox::{Batch, Bounds, OpenEvent, Outbox, Writer};
+use crate::reading::{Clock, Reading};
+use crate::rules::LocalPublish;
+use crate::source::{self, SourceContext};
+use crate::telemetry::Telemetry;
+use crate::upstream::Upstream;
+
+/// Batches (one per line or message) buffered between the sources and the engine.
+const READINGS_QUEUE: usize = 4096;
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    let telemetry = Arc::new(Telemetry::new());
+    telemetry
+        .rules_loaded
+        .store(config.rules.len() as u64, Ordering::Relaxed);
+    let state_dir = config.gateway.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+    let (outbox, event) = tokio::task::spawn_blocking(move || Outbox::open(&state_dir))
+        .await
+        .context("outbox open task")??;
+    if let Some(OpenEvent::Replaced { moved_to, reason }) = &event {
+        error!(moved_to = %moved_to.display(), %reason, "the outbox database was corrupt; moved it aside and started a fresh one");
+        Telemetry::bump(&telemetry.outbox_errors);
+    }
+    outbox.set_bounds(Bounds {
+        max_bytes: config.outbox.max_bytes,
+        max_age: Some(config.outbox.max_age).filter(|a| !a.is_zero()),
+    });
+    let outbox = Arc::new(outbox);
+    info!(
+        gateway = %config.gateway.id,
+        outbox = %outbox.path().display(),
+        db_id = outbox.db_id(),
+        waiting = outbox.depth(),
+        next_seq = outbox.next_seq(),
+        rules = config.rules.len(),
+        "outpost starting"
+    );
+
+    let clock = Clock::new();
+    let evaluator = Evaluator::restore(config.rules.clone(), &outbox, clock);
+
+    let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_QUEUE);
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(256);
+    let (durable_tx, durable_rx) = watch::channel(outbox.next_seq().saturating_sub(1));
+    let (control_tx, control_rx) = mpsc::channel::<Control>(4);
+
+    let sources_cancel = CancellationToken::new();
+    let upstream_cancel = CancellationToken::new();
+    let http_cancel = CancellationToken::new();
+    let mut sources = JoinSet::new();
+    let mut action_routes: HashMap<String, mpsc::Sender<LocalPublish>> = HashMap::new();
+
+    for cfg in config.serial.clone() {
+        let ctx = source_context(
+            &readings_tx,
+            &telemetry,
+            &sources_cancel,
+            &cfg.name,
+            "serial",
+        );
+        sources.spawn(source::serial::run(cfg, ctx));
+    }
+    for cfg in config.mqtt.clone() {
+        let ctx = source_context(&readings_tx, &telemetry, &sources_cancel, &cfg.name, "mqtt");
+        let (tx, rx) = mpsc::channel(64);
+        action_routes.insert(cfg.name.clone(), tx);
+        sources.spawn(source::mqtt::run(cfg, ctx, rx));
+    }
+    for cfg in config.simulate.clone() {
+        let ctx = source_context(
+            &readings_tx,
+            &telemetry,
+            &sources_cancel,
+            &cfg.name,
+            "simulate",
+        );
+        sources.spawn(source::simulate::run(cfg, ctx));
+    }
+    drop(readings_tx);
+
+    let engine_task = tokio::spawn(evaluator.run(Links {
+        readings: readings_rx,
+        control: control_rx,
+        batches: batch_tx,
+        actions: action_routes,
+        telemetry: telemetry.clone(),
+    }));
+    let writer = Writer {
+        gateway: config.gateway.id.clone(),
+        flush: config.outbox.flush,
+        outbox: outbox.clone(),
+        telemetry: telemetry.clone(),
+    };
+    let writer_task = tokio::spawn(writer.run(batch_rx, durable_tx));
+    let upstream_task = match &config.upstream {
+        Some(u) => {
+            let up = Upstream {
+                gateway: config.gateway.id.clone(),
+                cfg: u.clone(),
+                outbox: outbox.clone(),
+                durable: durable_rx,
+                telemetry: telemetry.clone(),
+            };
+            Some(tokio::spawn(up.run(upstream_cancel.clone())))
+        }
+        None => {
+            warn!("no [upstream] configured: alerts stay in the outbox and the log");
+            None
+        }
+    };
+
+    let http_task = match config.http.listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let state = Arc::new(crate::http::HttpState {
+                    gateway: config.gateway.id.clone(),
+                    upstream: config
+                        .upstream
+                        .as_ref()
+                        .map(|u| (u.broker.url.to_string(), u.topic_prefix.clone())),
+                    outbox: outbox.clone(),
+                    telemetry: telemetry.clone(),
+                    clock,
+                    stall_after: crate::http::STALL_AFTER,
+                });
+                Some(tokio::spawn(crate::http::serve(
+                    listener,
+                    state,
+                    http_cancel.clone(),
+                )))
+            }
+            Err(e) => {
+                // The alerts matter more than their dashboard: run without it.
+                error!(%addr, error = %e, "cannot listen for HTTP; /metrics, /healthz and /status are off (is another outpost running?)");
+                None
+            }
+        },
+        None => None,
+    };
+
+    let watchdog = tokio::spawn(watchdog::run(clock, telemetry.clone()));
+    // Ready only now: the outbox is open and every task is running.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    signals::wait(&config, &control_tx, &telemetry).await;
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    watchdog.abort();
+    info!("shutting down: stopping sources");
+    sources_cancel.cancel();
+    while sources.join_next().await.is_some() {}
+    drop(control_tx);
+    if let Err(e) = engine_task.await {
+        error!(error = %e, "engine task failed");
+    }
+    if let Err(e) = writer_task.await {
+        error!(error = %e, "outbox writer task failed");
+    }
+    upstream_cancel.cancel();
+    if let Some(t) = upstream_task {
+        let _ = t.await;
+    }
+    http_cancel.cancel();
+    if let Some(t) = http_task {
+        // Graceful: open scrapes finish; bounded so a stuck client cannot hold shutdown.
+        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+    }
+    let ob = outbox.clone();
+    tokio::task::spawn_blocking(move || ob.flush_blocking())
+        .await
+        .context("final flush task")?
+        .context("final outbox flush")?;
+    info!(waiting = outbox.depth(), "outpost stopped");
+    Ok(())
+}
+
+fn source_context(
+    readings: &mpsc::Sender<Vec<Reading>>,
+    telemetry: &Telemetry,
+    cancel: &CancellationToken,
+    name: &str,
+    kind: &'static str,
+) -> SourceContext {
+    SourceContext {
+        readings: readings.clone(),
+        counters: telemetry.source(name, kind),
+        cancel: cancel.clone(),
+    }
+}
