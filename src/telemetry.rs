@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::rules::AlertState;
-use crate::rules::engine::FiringInfo;
+use crate::rules::FiringInfo;
 
 /// Buckets of the publish latency histogram, in seconds: 1 ms to about 33 s.
 /// A LAN broker answers in milliseconds, a cloud one over a cellular link in

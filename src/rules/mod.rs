@@ -2,10 +2,11 @@
 //!
 //! This module is pure. It knows nothing about MQTT, sled, tokio or TOML,
 //! does no I/O and never reads a clock: every entry point takes a
-//! [`Now`](crate::reading::Now). The rules-file loader (`file.rs`) builds the
-//! [`Rule`] values defined here and validates what the engine assumes
-//! (unique ids, `clear` on the safe side of its threshold, finite numbers,
-//! known template placeholders).
+//! [`Now`](crate::reading::Now). The rules-file loader (`config`'s
+//! `rules_file.rs`) builds the [`Rule`] values defined here and validates
+//! what the engine assumes (unique ids, `clear` on the safe side of its
+//! threshold, finite numbers, known template placeholders). The task that
+//! runs the engine is `evaluator`.
 //!
 //! Code map:
 //! - `mod.rs` (this file): the types shared with the loader and the runtime.
@@ -13,9 +14,11 @@
 //! - [`message`]: alert message templates (`{sensor} is {value:.1}`).
 //! - [`engine`]: the per-(rule, sensor, metric) state machines, the rule
 //!   index, timers, reload and snapshot/restore.
+//! - [`replay`]: the engine driven through a series with simulated time
+//!   (`outpost rules test|replay`).
 
 pub mod engine;
-pub mod glob;
+mod glob;
 pub mod message;
 pub mod replay;
 
