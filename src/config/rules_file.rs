@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
+use super::files::{Disk, Files};
 use super::units::HumanDuration;
 use crate::diagnostic::{Diagnostic, Diagnostics, Source, deserialize_lenient};
 use crate::rules::{Action, Aggregate, Condition, Glob, Rule, Severity, message};
@@ -56,9 +57,10 @@ struct RawAction {
     on_resolved: Option<String>,
 }
 
-/// Loads every file; returns all rules, or every problem found in any file.
+/// Loads every file from disk; returns all rules, or every problem found in
+/// any file.
 pub fn load_rules(paths: &[PathBuf]) -> Result<Vec<Rule>, Diagnostics> {
-    load_rules_placed(paths).map(|(rules, _)| rules)
+    load_rules_placed(paths, &Disk).map(|(rules, _)| rules)
 }
 
 /// Where each rule is defined: its `id`, as a diagnostic with an empty
@@ -66,13 +68,16 @@ pub fn load_rules(paths: &[PathBuf]) -> Result<Vec<Rule>, Diagnostics> {
 pub type Places = HashMap<String, Diagnostic>;
 
 /// [`load_rules`], with the place of every rule.
-pub fn load_rules_placed(paths: &[PathBuf]) -> Result<(Vec<Rule>, Places), Diagnostics> {
+pub fn load_rules_placed(
+    paths: &[PathBuf],
+    files: &dyn Files,
+) -> Result<(Vec<Rule>, Places), Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut rules = Vec::new();
     // Where each id was first defined, to report duplicates across files.
     let mut seen: Places = HashMap::new();
     for path in paths {
-        match std::fs::read_to_string(path) {
+        match files.read_to_string(path) {
             Ok(text) => {
                 let src = Source::new(path, &text);
                 load_source(&src, &mut rules, &mut seen, &mut diags);

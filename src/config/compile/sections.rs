@@ -1,0 +1,424 @@
+//! Each section of `outpost.toml` compiled: `[gateway]`, `[upstream]`,
+//! `[homeassistant]`, `[outbox]`, `[http]`, `[[serial]]`, `[[mqtt]]`,
+//! `[[simulate]]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::super::raw::{
+    RawBroker, RawGateway, RawHomeAssistant, RawHttp, RawMqtt, RawOutbox, RawSerial, RawSimulate,
+    RawUpstream,
+};
+use super::super::units;
+use super::super::{
+    FlowControl, FlushPolicy, GatewayConfig, HomeAssistantConfig, HttpConfig, MqttSourceConfig,
+    OutboxConfig, Parity, SerialConfig, SimulateConfig, UpstreamConfig,
+};
+use super::{Compiler, valid_id};
+use crate::payload::Format;
+use crate::topic::{self, SensorTemplate, validate_filter};
+
+impl Compiler<'_, '_> {
+    pub(super) fn gateway(&mut self, raw: RawGateway) -> Option<GatewayConfig> {
+        let mut ok = true;
+        if !valid_id(raw.id.get_ref()) {
+            self.err(
+                raw.id.span(),
+                format!(
+                    "gateway id `{}` must match [A-Za-z0-9_-]+ (at most 64 characters)",
+                    raw.id.get_ref()
+                ),
+            );
+            ok = false;
+        }
+        let state_dir = raw
+            .state_dir
+            .map(|s| self.path(s.get_ref()))
+            .unwrap_or_else(|| PathBuf::from("/var/lib/outpost"));
+        let rules = match raw.rules {
+            Some(list) if list.is_empty() => {
+                self.diags.push(
+                    self.src
+                        .whole("`gateway.rules` is empty; name at least one rules file"),
+                );
+                ok = false;
+                Vec::new()
+            }
+            Some(list) => list
+                .iter()
+                .filter_map(|p| {
+                    let r = self.existing_file(p, "rules file");
+                    ok &= r.is_some();
+                    r
+                })
+                .collect(),
+            None => vec![self.base.join("rules.toml")],
+        };
+        if let Some(level) = &raw.log_level
+            && tracing_subscriber::EnvFilter::try_new(level.get_ref()).is_err()
+        {
+            self.err(
+                level.span(),
+                format!(
+                    "invalid log_level `{}`; try \"info\" or \"outpost=debug\"",
+                    level.get_ref()
+                ),
+            );
+            ok = false;
+        }
+        ok.then(|| GatewayConfig {
+            id: raw.id.into_inner(),
+            state_dir,
+            rules,
+            log_level: raw.log_level.map(Spanned::into_inner),
+        })
+    }
+
+    pub(super) fn upstream(
+        &mut self,
+        raw: RawUpstream,
+        gw: Option<&str>,
+    ) -> Option<UpstreamConfig> {
+        let gw = gw.unwrap_or("gateway");
+        let client_id_span = raw
+            .client_id
+            .as_ref()
+            .map_or_else(|| raw.url.span(), Spanned::span);
+        let client_id = raw
+            .client_id
+            .map_or_else(|| format!("outpost-{gw}"), Spanned::into_inner);
+        let prefix = match raw.topic_prefix {
+            Some(p) => {
+                if let Err(e) = topic::validate_prefix(p.get_ref()) {
+                    self.err(p.span(), e);
+                    return None;
+                }
+                p.into_inner()
+            }
+            None => format!("outpost/{gw}"),
+        };
+        let max_payload = match raw.max_payload {
+            Some(m) if m.get_ref().0 < 1024 || m.get_ref().0 > 256 << 20 => {
+                self.err(m.span(), "max_payload must be between 1KiB and 256MiB");
+                return None;
+            }
+            Some(m) => m.into_inner().0 as usize,
+            None => 128 << 10,
+        };
+        let keys = RawBroker {
+            url: raw.url,
+            username: raw.username,
+            password: raw.password,
+            password_file: raw.password_file,
+            tls: [raw.ca_file, raw.cert_file, raw.key_file],
+            keep_alive: raw.keep_alive,
+        };
+        let broker = self.broker(keys, client_id)?;
+        let who = "[upstream]".to_string();
+        self.unique_client_id(&broker.url, &broker.client_id, who, client_id_span);
+        Some(UpstreamConfig {
+            broker,
+            topic_prefix: prefix,
+            max_payload,
+            homeassistant: None,
+        })
+    }
+
+    pub(super) fn homeassistant(
+        &mut self,
+        raw: RawHomeAssistant,
+        span: std::ops::Range<usize>,
+        gw: Option<&str>,
+        has_upstream: bool,
+    ) -> Option<HomeAssistantConfig> {
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let mut ok = true;
+        if !has_upstream {
+            self.err(
+                span.clone(),
+                "[homeassistant] needs an [upstream] broker (Home Assistant's), which is missing or invalid",
+            );
+            ok = false;
+        }
+        let discovery_prefix = match raw.discovery_prefix {
+            Some(p) => {
+                if let Err(e) = topic::validate_prefix(p.get_ref()) {
+                    self.err(p.span(), e.replace("topic_prefix", "discovery_prefix"));
+                    ok = false;
+                }
+                p.into_inner()
+            }
+            None => "homeassistant".to_string(),
+        };
+        let node_id = gw.unwrap_or("gateway").to_string();
+        let node_name = match raw.node_name {
+            Some(n) if n.get_ref().trim().is_empty() || n.get_ref().len() > 128 => {
+                self.err(n.span(), "node_name must be 1 to 128 characters");
+                ok = false;
+                String::new()
+            }
+            Some(n) => n.into_inner(),
+            None => node_id.clone(),
+        };
+        ok.then_some(HomeAssistantConfig {
+            discovery_prefix,
+            node_id,
+            node_name,
+        })
+    }
+
+    pub(super) fn outbox(&mut self, raw: RawOutbox) -> Option<OutboxConfig> {
+        let d = OutboxConfig::default();
+        let flush = match raw.flush {
+            None => d.flush,
+            Some(f) if f.get_ref() == "always" => FlushPolicy::Always,
+            Some(f) => match units::parse_duration(f.get_ref()) {
+                Ok(p) if !p.is_zero() => FlushPolicy::Every(p),
+                _ => {
+                    self.err(
+                        f.span(),
+                        format!(
+                            "flush must be \"always\" or a period like \"1s\", not `{}`",
+                            f.get_ref()
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(OutboxConfig {
+            max_bytes: raw.max_bytes.map_or(d.max_bytes, |b| b.0),
+            max_age: raw.max_age.map_or(d.max_age, |a| a.0),
+            flush,
+        })
+    }
+
+    pub(super) fn http(&mut self, raw: RawHttp) -> Option<HttpConfig> {
+        match raw.listen {
+            None => Some(HttpConfig::default()),
+            Some(l) if l.get_ref().is_empty() => Some(HttpConfig { listen: None }),
+            Some(l) => match l.get_ref().parse::<SocketAddr>() {
+                Ok(a) => Some(HttpConfig { listen: Some(a) }),
+                Err(_) => {
+                    self.err(l.span(), format!("listen must be an address like \"127.0.0.1:9184\" (or \"\" to disable), not `{}`", l.get_ref()));
+                    None
+                }
+            },
+        }
+    }
+
+    pub(super) fn serial(&mut self, raw: RawSerial, i: usize) -> Option<SerialConfig> {
+        let mut ok = true;
+        let name = raw
+            .name
+            .unwrap_or_else(|| Spanned::new(raw.path.span(), format!("serial-{}", i + 1)));
+        self.unique_name(&name);
+        let format = raw.format.map_or(Format::Json, Spanned::into_inner);
+        let columns = self.columns(format, raw.columns, &mut ok);
+        if format == Format::Number {
+            self.err(
+                raw.path.span(),
+                "format \"number\" is for MQTT payloads; serial lines use json, kv or csv",
+            );
+            ok = false;
+        }
+        let baud = raw.baud.map_or(115_200, |b| {
+            if *b.get_ref() == 0 {
+                self.err(b.span(), "baud must be greater than zero");
+                ok = false;
+            }
+            b.into_inner()
+        });
+        let data_bits = raw.data_bits.map_or(8, |b| {
+            if !(5..=8).contains(b.get_ref()) {
+                self.err(b.span(), "data_bits must be 5, 6, 7 or 8");
+                ok = false;
+            }
+            b.into_inner()
+        });
+        let stop_bits = raw.stop_bits.map_or(1, |b| {
+            if !(1..=2).contains(b.get_ref()) {
+                self.err(b.span(), "stop_bits must be 1 or 2");
+                ok = false;
+            }
+            b.into_inner()
+        });
+        let max_line = raw.max_line.map_or(4096, |m| {
+            if !(16..=1 << 20).contains(m.get_ref()) {
+                self.err(m.span(), "max_line must be between 16 and 1048576");
+                ok = false;
+            }
+            m.into_inner()
+        });
+        let sensor = raw
+            .sensor
+            .map_or_else(|| name.get_ref().clone(), Spanned::into_inner);
+        if raw.path.get_ref().is_empty() {
+            self.err(raw.path.span(), "serial path is empty");
+            ok = false;
+        }
+        ok.then(|| SerialConfig {
+            name: name.into_inner(),
+            path: PathBuf::from(raw.path.into_inner()),
+            baud,
+            data_bits,
+            parity: raw.parity.unwrap_or(Parity::None),
+            stop_bits,
+            flow_control: raw.flow_control.unwrap_or(FlowControl::None),
+            format,
+            sensor,
+            columns,
+            max_line,
+            reopen_after_silence: raw.reopen_after_silence.map(|d| d.0),
+        })
+    }
+
+    fn columns(
+        &mut self,
+        format: Format,
+        columns: Option<Spanned<Vec<String>>>,
+        ok: &mut bool,
+    ) -> Vec<String> {
+        match (format, columns) {
+            (Format::Csv, Some(c)) if !c.get_ref().is_empty() => c.into_inner(),
+            (Format::Csv, Some(c)) => {
+                self.err(c.span(), "format \"csv\" needs a non-empty `columns` list");
+                *ok = false;
+                Vec::new()
+            }
+            (Format::Csv, None) => {
+                self.diags
+                    .push(self.src.whole("format \"csv\" needs `columns`"));
+                *ok = false;
+                Vec::new()
+            }
+            (_, Some(c)) => {
+                self.err(c.span(), "`columns` is only used with format = \"csv\"");
+                *ok = false;
+                Vec::new()
+            }
+            (_, None) => Vec::new(),
+        }
+    }
+
+    pub(super) fn mqtt(
+        &mut self,
+        raw: RawMqtt,
+        i: usize,
+        gw: Option<&str>,
+    ) -> Option<MqttSourceConfig> {
+        let mut ok = true;
+        let name = raw
+            .name
+            .unwrap_or_else(|| Spanned::new(raw.url.span(), format!("mqtt-{}", i + 1)));
+        self.unique_name(&name);
+        if raw.topics.get_ref().is_empty() {
+            self.err(
+                raw.topics.span(),
+                "`topics` is empty; subscribe to at least one filter",
+            );
+            ok = false;
+        }
+        for t in raw.topics.get_ref() {
+            if let Err(e) = validate_filter(t.get_ref()) {
+                self.err(t.span(), e);
+                ok = false;
+            }
+        }
+        let qos = raw.qos.map_or(0, |q| {
+            if *q.get_ref() > 1 {
+                self.err(q.span(), "qos must be 0 or 1");
+                ok = false;
+            }
+            q.into_inner()
+        });
+        let format = raw.format.map_or(Format::Json, Spanned::into_inner);
+        let columns = self.columns(format, raw.columns, &mut ok);
+        let sensor = match raw.sensor {
+            Some(t) => match SensorTemplate::parse(t.get_ref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.err(t.span(), e);
+                    ok = false;
+                    SensorTemplate::whole_topic()
+                }
+            },
+            None => SensorTemplate::whole_topic(),
+        };
+        let metric = match raw.metric {
+            Some(t) => match SensorTemplate::parse(t.get_ref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.err(t.span(), e);
+                    ok = false;
+                    SensorTemplate::literal("value")
+                }
+            },
+            None => SensorTemplate::literal("value"),
+        };
+        let max_payload = raw
+            .max_payload
+            .map_or(64 << 10, |m| m.into_inner().0 as usize);
+        let client_id_span = raw
+            .client_id
+            .as_ref()
+            .map_or_else(|| raw.url.span(), Spanned::span);
+        let client_id = raw.client_id.map_or_else(
+            || format!("outpost-{}-{}", gw.unwrap_or("gateway"), name.get_ref()),
+            Spanned::into_inner,
+        );
+        let keys = RawBroker {
+            url: raw.url,
+            username: raw.username,
+            password: raw.password,
+            password_file: raw.password_file,
+            tls: [raw.ca_file, raw.cert_file, raw.key_file],
+            keep_alive: raw.keep_alive,
+        };
+        let broker = self.broker(keys, client_id)?;
+        self.unique_client_id(
+            &broker.url,
+            &broker.client_id,
+            format!("[[mqtt]] `{}`", name.get_ref()),
+            client_id_span,
+        );
+        ok.then(|| MqttSourceConfig {
+            name: name.into_inner(),
+            broker,
+            topics: raw
+                .topics
+                .into_inner()
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
+            qos,
+            format,
+            sensor,
+            metric,
+            columns,
+            max_payload,
+        })
+    }
+
+    pub(super) fn simulate(&mut self, raw: RawSimulate, i: usize) -> Option<SimulateConfig> {
+        let name = raw
+            .name
+            .unwrap_or_else(|| Spanned::new(raw.sensor.span(), format!("simulate-{}", i + 1)));
+        self.unique_name(&name);
+        Some(SimulateConfig {
+            name: name.into_inner(),
+            sensor: raw.sensor.into_inner(),
+            metric: raw.metric.into_inner(),
+            interval: raw.interval.map_or(Duration::from_secs(1), |d| d.0),
+            base: raw.base.unwrap_or(25.0),
+            amplitude: raw.amplitude.unwrap_or(8.0),
+            period: raw.period.map_or(Duration::from_secs(120), |d| d.0),
+            noise: raw.noise.unwrap_or(0.3),
+        })
+    }
+}

@@ -1,0 +1,132 @@
+//! Stage 1: `outpost.toml` exactly as written. Unknown keys are refused
+//! (`deny_unknown_fields`); values keep their spans for diagnostics.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::types::{FlowControl, Parity};
+use super::units::{ByteSize, HumanDuration};
+use crate::payload::Format;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGateway {
+    pub(super) id: Spanned<String>,
+    pub(super) state_dir: Option<Spanned<String>>,
+    pub(super) rules: Option<Vec<Spanned<String>>>,
+    pub(super) log_level: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub(super) url: Spanned<String>,
+    pub(super) client_id: Option<Spanned<String>>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) cert_file: Option<Spanned<String>>,
+    pub(super) key_file: Option<Spanned<String>>,
+    pub(super) topic_prefix: Option<Spanned<String>>,
+    pub(super) keep_alive: Option<Spanned<HumanDuration>>,
+    pub(super) max_payload: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutbox {
+    pub(super) max_bytes: Option<ByteSize>,
+    pub(super) max_age: Option<HumanDuration>,
+    pub(super) flush: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub(super) listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSerial {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) path: Spanned<String>,
+    pub(super) baud: Option<Spanned<u32>>,
+    pub(super) data_bits: Option<Spanned<u8>>,
+    pub(super) parity: Option<Parity>,
+    pub(super) stop_bits: Option<Spanned<u8>>,
+    pub(super) flow_control: Option<FlowControl>,
+    pub(super) format: Option<Spanned<Format>>,
+    pub(super) sensor: Option<Spanned<String>>,
+    pub(super) columns: Option<Spanned<Vec<String>>>,
+    pub(super) max_line: Option<Spanned<usize>>,
+    pub(super) reopen_after_silence: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMqtt {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) url: Spanned<String>,
+    pub(super) topics: Spanned<Vec<Spanned<String>>>,
+    pub(super) qos: Option<Spanned<u8>>,
+    pub(super) format: Option<Spanned<Format>>,
+    pub(super) sensor: Option<Spanned<String>>,
+    pub(super) metric: Option<Spanned<String>>,
+    pub(super) columns: Option<Spanned<Vec<String>>>,
+    pub(super) client_id: Option<Spanned<String>>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) cert_file: Option<Spanned<String>>,
+    pub(super) key_file: Option<Spanned<String>>,
+    pub(super) keep_alive: Option<Spanned<HumanDuration>>,
+    pub(super) max_payload: Option<Spanned<ByteSize>>,
+}
+
+/// The keys `[upstream]` and `[[mqtt]]` share, taken out of either (each
+/// lists them itself: serde's `flatten` does not work with
+/// `deny_unknown_fields`).
+pub(super) struct RawBroker {
+    pub(super) url: Spanned<String>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) password_file: Option<Spanned<String>>,
+    /// `ca_file`, `cert_file`, `key_file`.
+    pub(super) tls: [Option<Spanned<String>>; 3],
+    pub(super) keep_alive: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSimulate {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) sensor: Spanned<String>,
+    pub(super) metric: Spanned<String>,
+    pub(super) interval: Option<HumanDuration>,
+    pub(super) base: Option<f64>,
+    pub(super) amplitude: Option<f64>,
+    pub(super) period: Option<HumanDuration>,
+    pub(super) noise: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHomeAssistant {
+    pub(super) enabled: Option<bool>,
+    pub(super) discovery_prefix: Option<Spanned<String>>,
+    pub(super) node_name: Option<Spanned<String>>,
+}
+
+pub(super) const SECTIONS: &[&str] = &[
+    "gateway",
+    "upstream",
+    "outbox",
+    "http",
+    "serial",
+    "mqtt",
+    "simulate",
+    "homeassistant",
+];
