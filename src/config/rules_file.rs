@@ -6,6 +6,7 @@
 //! rules file).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -174,38 +175,68 @@ fn valid_rule_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-fn glob(
-    src: &Source<'_>,
-    s: &Spanned<String>,
-    what: &str,
-    diags: &mut Diagnostics,
-) -> Option<Glob> {
-    let text = s.get_ref();
-    let literal_len = text
-        .chars()
-        .filter(|c| *c != '*')
-        .map(char::len_utf8)
-        .sum::<usize>();
-    let problem = if text.is_empty() {
-        Some(format!("empty {what} pattern can never match"))
-    } else if text.chars().any(|c| c.is_control()) {
-        Some(format!(
-            "{what} pattern contains a control character, which no {what} can contain, so it can never match"
-        ))
-    } else if literal_len > 128 {
-        Some(format!(
-            "{what} pattern is longer than any {what} (128 bytes), so it can never match"
-        ))
-    } else {
-        None
-    };
-    match problem {
-        Some(p) => {
-            diags.push(src.at(s.span(), p));
-            None
+/// The condition keys of a rule, exactly one of which it must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Above,
+    Below,
+    Outside,
+    RateAbove,
+    RateBelow,
+    SilentFor,
+}
+
+impl Kind {
+    /// In the order messages name them.
+    const ALL: [Kind; 6] = [
+        Kind::Above,
+        Kind::Below,
+        Kind::Outside,
+        Kind::RateAbove,
+        Kind::RateBelow,
+        Kind::SilentFor,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Above => "above",
+            Kind::Below => "below",
+            Kind::Outside => "outside",
+            Kind::RateAbove => "rate_above",
+            Kind::RateBelow => "rate_below",
+            Kind::SilentFor => "silent_for",
         }
-        None => Some(Glob::new(text)),
     }
+
+    fn is_rate(self) -> bool {
+        matches!(self, Kind::RateAbove | Kind::RateBelow)
+    }
+
+    /// The one-number threshold of `above`, `below`, `rate_above`, `rate_below`.
+    fn threshold(self, raw: &RawRule) -> Option<&Spanned<f64>> {
+        match self {
+            Kind::Above => raw.above.as_ref(),
+            Kind::Below => raw.below.as_ref(),
+            Kind::RateAbove => raw.rate_above.as_ref(),
+            Kind::RateBelow => raw.rate_below.as_ref(),
+            Kind::Outside | Kind::SilentFor => None,
+        }
+    }
+
+    /// Where the rule gives this condition, if it does.
+    fn span(self, raw: &RawRule) -> Option<Range<usize>> {
+        match self {
+            Kind::Outside => raw.outside.as_ref().map(Spanned::span),
+            Kind::SilentFor => raw.silent_for.as_ref().map(Spanned::span),
+            _ => self.threshold(raw).map(Spanned::span),
+        }
+    }
+}
+
+/// Compiles one `[[rule]]`, pushing every problem into `diags`.
+struct RuleCompiler<'s, 'd> {
+    src: &'s Source<'s>,
+    diags: &'d mut Diagnostics,
 }
 
 fn compile(
@@ -215,9 +246,9 @@ fn compile(
     diags: &mut Diagnostics,
 ) -> Option<Rule> {
     let before = diags.len();
-    let mut err = |span: std::ops::Range<usize>, msg: String| diags.push(src.at(span, msg));
+    let mut c = RuleCompiler { src, diags };
     if !valid_rule_id(raw.id.get_ref()) {
-        err(
+        c.err(
             raw.id.span(),
             format!(
                 "rule id `{}` must match [A-Za-z0-9_.-]+ (at most 128 characters)",
@@ -226,268 +257,25 @@ fn compile(
         );
     }
     let window_ms = raw.window.as_ref().map(|w| w.get_ref().as_millis_u64());
-
-    // Exactly one condition.
-    let mut conditions: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
-    for (name, span) in [
-        ("above", raw.above.as_ref().map(|s| s.span())),
-        ("below", raw.below.as_ref().map(|s| s.span())),
-        ("outside", raw.outside.as_ref().map(|s| s.span())),
-        ("rate_above", raw.rate_above.as_ref().map(|s| s.span())),
-        ("rate_below", raw.rate_below.as_ref().map(|s| s.span())),
-        ("silent_for", raw.silent_for.as_ref().map(|s| s.span())),
-    ] {
-        if let Some(span) = span {
-            conditions.push((name, span));
-        }
-    }
-    if conditions.is_empty() && !keys_refused {
-        err(
-            raw.id.span(),
-            format!(
-                "rule `{}` has no condition; give one of above, below, outside, rate_above, rate_below, silent_for",
-                raw.id.get_ref()
-            ),
-        );
-    }
-    if conditions.len() > 1 {
-        let names: Vec<&str> = conditions.iter().map(|c| c.0).collect();
-        err(
-            conditions[1].1.clone(),
-            format!(
-                "rule `{}` has conflicting conditions ({}); give exactly one",
-                raw.id.get_ref(),
-                names.join(", ")
-            ),
-        );
-    }
-    for (name, v) in [
-        ("above", raw.above.as_ref()),
-        ("below", raw.below.as_ref()),
-        ("rate_above", raw.rate_above.as_ref()),
-        ("rate_below", raw.rate_below.as_ref()),
-    ] {
-        if let Some(v) = v.filter(|v| !v.get_ref().is_finite()) {
-            err(v.span(), format!("`{name}` must be a finite number"));
-        }
-    }
-
-    let clear_one =
-        |c: &Spanned<Clear>, err: &mut dyn FnMut(std::ops::Range<usize>, String)| match c.get_ref()
-        {
-            Clear::One(v) => Some(*v),
-            Clear::Band(_) => {
-                err(
-                    c.span(),
-                    "`clear` is one number for this condition (a [lo, hi] band is for `outside`)"
-                        .into(),
-                );
-                None
-            }
-        };
-    let kind = conditions.first().map(|c| c.0);
+    let kind = c.kind(&raw, keys_refused);
     let condition = match kind {
-        Some("above") | Some("below") | Some("rate_above") | Some("rate_below") => {
-            let above_like = matches!(kind, Some("above") | Some("rate_above"));
-            let t = raw
-                .above
-                .as_ref()
-                .or(raw.below.as_ref())
-                .or(raw.rate_above.as_ref())
-                .or(raw.rate_below.as_ref())
-                .map(|t| *t.get_ref())
-                .unwrap_or(f64::NAN);
-            let clear = raw.clear.as_ref().and_then(|c| clear_one(c, &mut err));
-            if let (Some(c), Some(span)) = (clear, raw.clear.as_ref().map(|c| c.span())) {
-                if above_like && c > t {
-                    err(
-                        span,
-                        format!(
-                            "`clear` ({c}) must not be above the threshold ({t}) for `{}`: the alert would resolve while still over it",
-                            kind.unwrap_or_default()
-                        ),
-                    );
-                } else if !above_like && c < t {
-                    err(
-                        span,
-                        format!(
-                            "`clear` ({c}) must not be below the threshold ({t}) for `{}`: the alert would resolve while still under it",
-                            kind.unwrap_or_default()
-                        ),
-                    );
-                }
-            }
-            let is_rate = matches!(kind, Some("rate_above") | Some("rate_below"));
-            if is_rate && window_ms.is_none() {
-                err(
-                    raw.id.span(),
-                    format!(
-                        "`{}` needs a `window` (the span the change is measured over)",
-                        kind.unwrap_or_default()
-                    ),
-                );
-            }
-            let w = window_ms.unwrap_or(0);
-            match kind {
-                Some("above") => Some(Condition::Above {
-                    threshold: t,
-                    clear,
-                }),
-                Some("below") => Some(Condition::Below {
-                    threshold: t,
-                    clear,
-                }),
-                Some("rate_above") => Some(Condition::RateAbove {
-                    per_minute: t,
-                    window_ms: w,
-                    clear,
-                }),
-                _ => Some(Condition::RateBelow {
-                    per_minute: t,
-                    window_ms: w,
-                    clear,
-                }),
-            }
-        }
-        Some("outside") => {
-            let o = raw.outside.as_ref()?;
-            let [lo, hi] = *o.get_ref();
-            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-                err(
-                    o.span(),
-                    format!("`outside` must be [lo, hi] with lo < hi, not [{lo}, {hi}]"),
-                );
-            }
-            let clear = match raw.clear.as_ref().map(|c| (c.span(), c.get_ref())) {
-                None => None,
-                Some((_, Clear::Band([a, b]))) if lo <= *a && a <= b && *b <= hi => Some((*a, *b)),
-                Some((span, Clear::Band([a, b]))) => {
-                    err(
-                        span,
-                        format!(
-                            "`clear` band [{a}, {b}] must lie inside the `outside` band [{lo}, {hi}]"
-                        ),
-                    );
-                    None
-                }
-                Some((span, Clear::One(_))) => {
-                    err(
-                        span,
-                        "`clear` for `outside` is a band: clear = [lo, hi]".into(),
-                    );
-                    None
-                }
-            };
-            Some(Condition::Outside { lo, hi, clear })
-        }
-        Some("silent_for") => {
-            let s = raw.silent_for.as_ref()?;
-            if let Some(c) = &raw.clear {
-                err(
-                    c.span(),
-                    "`clear` has no meaning for `silent_for` (the next reading resolves it)".into(),
-                );
-            }
-            if let Some(a) = &raw.aggregate {
-                err(
-                    a.span(),
-                    "`aggregate` has no meaning for `silent_for`".into(),
-                );
-            }
-            if let Some(f) = &raw.for_ {
-                err(
-                    f.span(),
-                    "`for` has no meaning for `silent_for` (make silent_for longer instead)".into(),
-                );
-            }
-            Some(Condition::Silent {
-                after_ms: s.get_ref().as_millis_u64(),
-            })
-        }
-        _ => None,
+        Some(Kind::Outside) => c.outside(&raw),
+        Some(Kind::SilentFor) => c.silent(&raw),
+        Some(k) => c.threshold(k, &raw, window_ms),
+        None => None,
     };
-
-    let aggregate = match (&raw.aggregate, window_ms) {
-        (Some(a), Some(w)) => {
-            if matches!(kind, Some("rate_above") | Some("rate_below")) {
-                err(
-                    a.span(),
-                    "`aggregate` cannot be combined with a rate condition".into(),
-                );
-            }
-            Some((*a.get_ref(), w))
-        }
-        (Some(a), None) => {
-            err(
-                a.span(),
-                "`aggregate` needs a `window` (e.g. window = \"5m\")".into(),
-            );
-            None
-        }
-        (None, Some(_)) if !matches!(kind, Some("rate_above") | Some("rate_below")) => {
-            let span = raw.window.as_ref().map(|w| w.span()).unwrap_or_default();
-            err(
-                span,
-                "`window` is only used with `aggregate` or a rate condition".into(),
-            );
-            None
-        }
-        (None, _) => None,
-    };
-
-    if let Some(m) = &raw.message {
-        if let Err(e) = message::validate(m.get_ref()) {
-            err(m.span(), e);
-        }
-        let labels = raw.labels.as_ref();
-        for l in message::referenced_labels(m.get_ref()) {
-            if !labels.is_some_and(|ls| ls.contains_key(&l)) {
-                err(
-                    m.span(),
-                    format!("message uses {{labels.{l}}}, but the rule has no label `{l}`"),
-                );
-            }
-        }
-    }
+    let aggregate = c.aggregate(&raw, kind, window_ms);
+    c.check_message(&raw);
     if let Some(r) = &raw.repeat
         && r.get_ref().as_millis_u64() < 1000
     {
-        err(r.span(), "`repeat` must be at least 1s".into());
+        c.err(r.span(), "`repeat` must be at least 1s");
     }
-    let mut actions = Vec::new();
-    for a in raw.actions.unwrap_or_default() {
-        if crate::topic::validate_filter(&a.topic).is_err() || a.topic.contains(['+', '#']) {
-            err(
-                raw.id.span(),
-                format!(
-                    "action topic `{}` is not a valid topic to publish to",
-                    a.topic
-                ),
-            );
-        }
-        if a.on_firing.is_none() && a.on_resolved.is_none() {
-            err(
-                raw.id.span(),
-                "an action needs `on_firing` and/or `on_resolved`".into(),
-            );
-        }
-        actions.push(Action {
-            broker: a.broker,
-            topic: a.topic,
-            on_firing: a.on_firing,
-            on_resolved: a.on_resolved,
-        });
-    }
-
+    let actions = c.actions(&raw);
     let default_sensor = Spanned::new(raw.id.span(), "*".to_string());
-    let sensor = glob(
-        src,
-        raw.sensor.as_ref().unwrap_or(&default_sensor),
-        "sensor",
-        diags,
-    );
-    let metric = glob(src, &raw.metric, "metric", diags);
-    if diags.len() > before {
+    let sensor = c.glob(raw.sensor.as_ref().unwrap_or(&default_sensor), "sensor");
+    let metric = c.glob(&raw.metric, "metric");
+    if c.diags.len() > before {
         return None;
     }
     Some(Rule {
@@ -503,6 +291,288 @@ fn compile(
         labels: raw.labels.unwrap_or_default(),
         actions,
     })
+}
+
+impl RuleCompiler<'_, '_> {
+    fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        self.diags.push(self.src.at(span, msg));
+    }
+
+    /// The rule's one condition: none and several are refused (none only
+    /// when no key was refused already: the condition may have been one).
+    /// Thresholds must be finite.
+    fn kind(&mut self, raw: &RawRule, keys_refused: bool) -> Option<Kind> {
+        let given: Vec<(Kind, Range<usize>)> = Kind::ALL
+            .iter()
+            .filter_map(|k| k.span(raw).map(|s| (*k, s)))
+            .collect();
+        if given.is_empty() && !keys_refused {
+            self.err(
+                raw.id.span(),
+                format!(
+                    "rule `{}` has no condition; give one of above, below, outside, rate_above, rate_below, silent_for",
+                    raw.id.get_ref()
+                ),
+            );
+        }
+        if let [_, (_, second), ..] = given.as_slice() {
+            let names: Vec<&str> = given.iter().map(|(k, _)| k.key()).collect();
+            self.err(
+                second.clone(),
+                format!(
+                    "rule `{}` has conflicting conditions ({}); give exactly one",
+                    raw.id.get_ref(),
+                    names.join(", ")
+                ),
+            );
+        }
+        for k in Kind::ALL {
+            if let Some(v) = k.threshold(raw).filter(|v| !v.get_ref().is_finite()) {
+                self.err(v.span(), format!("`{}` must be a finite number", k.key()));
+            }
+        }
+        given.first().map(|(k, _)| *k)
+    }
+
+    /// `above`, `below`, `rate_above`, `rate_below`: one threshold, an
+    /// optional one-number `clear` on its safe side, and for rates a window.
+    fn threshold(
+        &mut self,
+        kind: Kind,
+        raw: &RawRule,
+        window_ms: Option<u64>,
+    ) -> Option<Condition> {
+        let t = kind.threshold(raw).map_or(f64::NAN, |t| *t.get_ref());
+        let clear = raw.clear.as_ref().and_then(|c| self.clear_one(c));
+        if let (Some(c), Some(span)) = (clear, raw.clear.as_ref().map(Spanned::span)) {
+            let key = kind.key();
+            if matches!(kind, Kind::Above | Kind::RateAbove) && c > t {
+                self.err(
+                    span,
+                    format!(
+                        "`clear` ({c}) must not be above the threshold ({t}) for `{key}`: the alert would resolve while still over it"
+                    ),
+                );
+            } else if matches!(kind, Kind::Below | Kind::RateBelow) && c < t {
+                self.err(
+                    span,
+                    format!(
+                        "`clear` ({c}) must not be below the threshold ({t}) for `{key}`: the alert would resolve while still under it"
+                    ),
+                );
+            }
+        }
+        if kind.is_rate() && window_ms.is_none() {
+            self.err(
+                raw.id.span(),
+                format!(
+                    "`{}` needs a `window` (the span the change is measured over)",
+                    kind.key()
+                ),
+            );
+        }
+        let window_ms = window_ms.unwrap_or(0);
+        Some(match kind {
+            Kind::Above => Condition::Above {
+                threshold: t,
+                clear,
+            },
+            Kind::Below => Condition::Below {
+                threshold: t,
+                clear,
+            },
+            Kind::RateAbove => Condition::RateAbove {
+                per_minute: t,
+                window_ms,
+                clear,
+            },
+            Kind::RateBelow => Condition::RateBelow {
+                per_minute: t,
+                window_ms,
+                clear,
+            },
+            Kind::Outside | Kind::SilentFor => return None,
+        })
+    }
+
+    fn clear_one(&mut self, c: &Spanned<Clear>) -> Option<f64> {
+        match c.get_ref() {
+            Clear::One(v) => Some(*v),
+            Clear::Band(_) => {
+                self.err(
+                    c.span(),
+                    "`clear` is one number for this condition (a [lo, hi] band is for `outside`)",
+                );
+                None
+            }
+        }
+    }
+
+    /// `outside = [lo, hi]`, and a `clear` band inside it.
+    fn outside(&mut self, raw: &RawRule) -> Option<Condition> {
+        let o = raw.outside.as_ref()?;
+        let [lo, hi] = *o.get_ref();
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            self.err(
+                o.span(),
+                format!("`outside` must be [lo, hi] with lo < hi, not [{lo}, {hi}]"),
+            );
+        }
+        let clear = match raw.clear.as_ref().map(|c| (c.span(), c.get_ref())) {
+            None => None,
+            Some((_, Clear::Band([a, b]))) if lo <= *a && a <= b && *b <= hi => Some((*a, *b)),
+            Some((span, Clear::Band([a, b]))) => {
+                self.err(
+                    span,
+                    format!(
+                        "`clear` band [{a}, {b}] must lie inside the `outside` band [{lo}, {hi}]"
+                    ),
+                );
+                None
+            }
+            Some((span, Clear::One(_))) => {
+                self.err(span, "`clear` for `outside` is a band: clear = [lo, hi]");
+                None
+            }
+        };
+        Some(Condition::Outside { lo, hi, clear })
+    }
+
+    /// `silent_for`: no `clear`, `aggregate` or `for` (they mean nothing).
+    fn silent(&mut self, raw: &RawRule) -> Option<Condition> {
+        let s = raw.silent_for.as_ref()?;
+        let meaningless = [
+            (
+                raw.clear.as_ref().map(Spanned::span),
+                "`clear` has no meaning for `silent_for` (the next reading resolves it)",
+            ),
+            (
+                raw.aggregate.as_ref().map(Spanned::span),
+                "`aggregate` has no meaning for `silent_for`",
+            ),
+            (
+                raw.for_.as_ref().map(Spanned::span),
+                "`for` has no meaning for `silent_for` (make silent_for longer instead)",
+            ),
+        ];
+        for (span, msg) in meaningless {
+            if let Some(span) = span {
+                self.err(span, msg);
+            }
+        }
+        Some(Condition::Silent {
+            after_ms: s.get_ref().as_millis_u64(),
+        })
+    }
+
+    /// `aggregate` with its `window` (not with a rate); a `window` alone
+    /// only with a rate.
+    fn aggregate(
+        &mut self,
+        raw: &RawRule,
+        kind: Option<Kind>,
+        window_ms: Option<u64>,
+    ) -> Option<(Aggregate, u64)> {
+        let is_rate = kind.is_some_and(Kind::is_rate);
+        match (&raw.aggregate, window_ms) {
+            (Some(a), Some(w)) => {
+                if is_rate {
+                    self.err(
+                        a.span(),
+                        "`aggregate` cannot be combined with a rate condition",
+                    );
+                }
+                Some((*a.get_ref(), w))
+            }
+            (Some(a), None) => {
+                self.err(
+                    a.span(),
+                    "`aggregate` needs a `window` (e.g. window = \"5m\")",
+                );
+                None
+            }
+            (None, Some(_)) if !is_rate => {
+                let span = raw.window.as_ref().map(Spanned::span).unwrap_or_default();
+                self.err(
+                    span,
+                    "`window` is only used with `aggregate` or a rate condition",
+                );
+                None
+            }
+            (None, _) => None,
+        }
+    }
+
+    /// The message template: known placeholders, and only labels the rule has.
+    fn check_message(&mut self, raw: &RawRule) {
+        let Some(m) = &raw.message else { return };
+        if let Err(e) = message::validate(m.get_ref()) {
+            self.err(m.span(), e);
+        }
+        let labels = raw.labels.as_ref();
+        for l in message::referenced_labels(m.get_ref()) {
+            if !labels.is_some_and(|ls| ls.contains_key(&l)) {
+                self.err(
+                    m.span(),
+                    format!("message uses {{labels.{l}}}, but the rule has no label `{l}`"),
+                );
+            }
+        }
+    }
+
+    /// Local actions: a topic one can publish to, and a payload for at
+    /// least one transition. (The broker is checked against the `[[mqtt]]`
+    /// sources by the config.)
+    fn actions(&mut self, raw: &RawRule) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for a in raw.actions.iter().flatten() {
+            if crate::topic::validate_filter(&a.topic).is_err() || a.topic.contains(['+', '#']) {
+                self.err(
+                    raw.id.span(),
+                    format!(
+                        "action topic `{}` is not a valid topic to publish to",
+                        a.topic
+                    ),
+                );
+            }
+            if a.on_firing.is_none() && a.on_resolved.is_none() {
+                self.err(
+                    raw.id.span(),
+                    "an action needs `on_firing` and/or `on_resolved`",
+                );
+            }
+            actions.push(Action {
+                broker: a.broker.clone(),
+                topic: a.topic.clone(),
+                on_firing: a.on_firing.clone(),
+                on_resolved: a.on_resolved.clone(),
+            });
+        }
+        actions
+    }
+
+    /// A sensor or metric pattern that can match something.
+    fn glob(&mut self, s: &Spanned<String>, what: &str) -> Option<Glob> {
+        let text = s.get_ref();
+        let literal_len = text
+            .chars()
+            .filter(|c| *c != '*')
+            .map(char::len_utf8)
+            .sum::<usize>();
+        let problem = if text.is_empty() {
+            format!("empty {what} pattern can never match")
+        } else if text.chars().any(|c| c.is_control()) {
+            format!(
+                "{what} pattern contains a control character, which no {what} can contain, so it can never match"
+            )
+        } else if literal_len > 128 {
+            format!("{what} pattern is longer than any {what} (128 bytes), so it can never match")
+        } else {
+            return Some(Glob::new(text));
+        };
+        self.err(s.span(), problem);
+        None
+    }
 }
 
 #[cfg(test)]
@@ -683,5 +753,86 @@ labels = { room = "greenhouse" }
     #[test]
     fn unknown_top_level_keys_are_refused() {
         assert!(errors("[[rules]]\nid=\"a\"\n")[0].contains("unknown key `rules`"));
+    }
+
+    /// The messages the tests above do not name, each with its place.
+    #[test]
+    fn every_other_problem_is_reported_at_its_place() {
+        const R: &str = "[[rule]]\nid=\"a\"\nmetric=\"t\"\n";
+        let cases: &[(&str, &str)] = &[
+            (
+                "rule = 1\n",
+                "rules.toml:1:8: write rules as [[rule]] tables",
+            ),
+            (
+                "[[rule]]\nid=\"a b\"\nmetric=\"t\"\nabove=1\n",
+                "rules.toml:2:4: rule id `a b` must match [A-Za-z0-9_.-]+ (at most 128 characters)",
+            ),
+            (
+                "above=inf\n",
+                "rules.toml:4:7: `above` must be a finite number",
+            ),
+            (
+                "above=1\nclear=[0.0, 1.0]\n",
+                "rules.toml:5:7: `clear` is one number for this condition (a [lo, hi] band is for `outside`)",
+            ),
+            (
+                "outside=[0.0, 9.0]\nclear=1\n",
+                "rules.toml:5:7: `clear` for `outside` is a band: clear = [lo, hi]",
+            ),
+            (
+                "silent_for=\"5m\"\nclear=1\n",
+                "rules.toml:5:7: `clear` has no meaning for `silent_for` (the next reading resolves it)",
+            ),
+            (
+                "silent_for=\"5m\"\naggregate=\"avg\"\n",
+                "rules.toml:5:11: `aggregate` has no meaning for `silent_for`\nrules.toml:5:11: `aggregate` needs a `window` (e.g. window = \"5m\")",
+            ),
+            (
+                "rate_above=1\nwindow=\"5m\"\naggregate=\"avg\"\n",
+                "rules.toml:6:11: `aggregate` cannot be combined with a rate condition",
+            ),
+            (
+                "above=1\nrepeat=\"500ms\"\n",
+                "rules.toml:5:8: `repeat` must be at least 1s",
+            ),
+            (
+                "above=1\nactions=[{broker=\"b\", topic=\"a/+\", on_firing=\"x\"}]\n",
+                "rules.toml:2:4: action topic `a/+` is not a valid topic to publish to",
+            ),
+            (
+                "above=1\nactions=[{broker=\"b\", topic=\"a\"}]\n",
+                "rules.toml:2:4: an action needs `on_firing` and/or `on_resolved`",
+            ),
+            (
+                "above=1\nsensor=\"room/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"\n",
+                "rules.toml:5:8: sensor pattern is longer than any sensor (128 bytes), so it can never match",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (rule, expected) in cases {
+            let text = if rule.starts_with("[[") || rule.starts_with("rule") {
+                rule.to_string()
+            } else {
+                format!("{R}{rule}")
+            };
+            let got = errors(&text).join("\n");
+            if got != *expected {
+                wrong.push(format!(
+                    "{text:?}\n  expected {expected:?}\n  got      {got:?}"
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn a_rules_file_that_cannot_be_read_is_named() {
+        let files = crate::config::files::MemFiles::default();
+        let d = load_rules_placed(&[PathBuf::from("/etc/outpost/rules.toml")], &files).unwrap_err();
+        assert_eq!(
+            d.to_string(),
+            "/etc/outpost/rules.toml: cannot read rules file: No such file or directory (os error 2)"
+        );
     }
 }
