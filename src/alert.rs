@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::{AlertDraft, AlertState, Severity};
 
+/// The largest alert payload unless `[upstream] max_payload` says otherwise.
+pub const DEFAULT_MAX_PAYLOAD: usize = 128 << 10;
+
 /// One alert as published: field names and order are the contract.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
@@ -136,7 +139,7 @@ mod tests {
     #[test]
     fn the_payload_has_the_fields_of_the_spec_in_order() {
         let a = Alert::new(&draft(), "greenhouse-pi", "7f3a9c", 42);
-        let json = String::from_utf8(a.to_payload(128 << 10)).unwrap();
+        let json = String::from_utf8(a.to_payload(DEFAULT_MAX_PAYLOAD)).unwrap();
         assert_eq!(
             json,
             r#"{"id":"greenhouse-pi-7f3a9c-42","seq":42,"gateway":"greenhouse-pi","rule":"greenhouse-hot","sensor":"greenhouse/t1","metric":"temperature","state":"firing","severity":"critical","value":31.2,"threshold":30.0,"ts":"2026-11-26T10:00:00.123Z","since":"2026-11-26T09:58:00.101Z","message":"greenhouse/t1 is 31.2°C, above 30°C","labels":{"room":"greenhouse"}}"#

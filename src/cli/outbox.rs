@@ -240,4 +240,24 @@ mod tests {
         assert!(text.contains("2500 alerts waiting"), "{text}");
         assert!(text.contains("next seq 2501"), "{text}");
     }
+
+    #[test]
+    fn an_oversized_alert_is_exported_as_it_will_be_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path()).unwrap().0;
+        o.set_bounds(crate::outbox::Bounds {
+            max_payload: 2048,
+            ..crate::outbox::Bounds::DEFAULT
+        });
+        let mut d = draft(1);
+        d.message = "é".repeat(5000);
+        let created = o.push("gw", std::slice::from_ref(&d), None).unwrap();
+        let mut buf = Vec::new();
+        export(&o, &mut buf).unwrap();
+        let line = buf.strip_suffix(b"\n").unwrap();
+        assert!(line.len() <= 2048, "{}", line.len());
+        // The cut the upstream would otherwise make, made once, at push.
+        assert_eq!(line, created[0].to_payload(2048).as_slice());
+        assert_eq!(line, o.oldest().unwrap().unwrap().payload.as_slice());
+    }
 }

@@ -79,7 +79,7 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
-use crate::alert::{Alert, rfc3339_ms};
+use crate::alert::{Alert, DEFAULT_MAX_PAYLOAD, rfc3339_ms};
 use crate::rules::{AlertDraft, Severity};
 use crate::telemetry::WarnLimiter;
 pub use event::{BySeverity, DropReason, OutboxEvent};
@@ -142,19 +142,25 @@ pub enum OpenEvent {
     Replaced { moved_to: PathBuf, reason: String },
 }
 
-/// The outbox bounds (`[outbox] max_bytes`, `max_age`).
+/// The outbox bounds: `[outbox] max_bytes` and `max_age`, and the largest
+/// payload stored (`[upstream] max_payload`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
     /// Payload bytes of waiting alerts, at most.
     pub max_bytes: u64,
     /// Alerts older than this are dropped; `None`: never.
     pub max_age: Option<Duration>,
+    /// Largest alert payload: a longer one has its message cut at push
+    /// ([`Alert::to_payload`]), so what is stored is what is published.
+    pub max_payload: usize,
 }
 
 impl Bounds {
-    pub const NONE: Bounds = Bounds {
+    /// No bound on bytes or age; payloads cut at the default `max_payload`.
+    pub const DEFAULT: Bounds = Bounds {
         max_bytes: u64::MAX,
         max_age: None,
+        max_payload: DEFAULT_MAX_PAYLOAD,
     };
 }
 
@@ -411,7 +417,7 @@ impl Outbox {
                 next_seq,
                 next_event,
                 sealed_below: 0,
-                bounds: Bounds::NONE,
+                bounds: Bounds::DEFAULT,
                 drop_log: WarnLimiter::new(Duration::from_secs(10)),
             }),
             depth: AtomicU64::new(depth),
@@ -470,8 +476,8 @@ impl Outbox {
         let mut seq = st.next_seq;
         for d in drafts {
             let alert = Alert::new(d, gateway, &self.db_id, seq);
-            // The stored bytes are the published bytes; the size cap for the
-            // broker is applied when publishing.
+            // The stored bytes are the published bytes: an alert over
+            // `max_payload` is stored cut, as it will be published.
             let mut value = Vec::with_capacity(HEADER + 512);
             value.push(RECORD_FORMAT);
             value.push(severity_byte(d.severity));
@@ -480,6 +486,10 @@ impl Outbox {
                 seq,
                 reason: e.to_string(),
             })?;
+            if value.len() - HEADER > st.bounds.max_payload {
+                value.truncate(HEADER);
+                value.extend_from_slice(&alert.to_payload(st.bounds.max_payload));
+            }
             let len = (value.len() - HEADER) as u64;
             batch.insert(&seq_key(seq), value);
             let len32 = u32::try_from(len).unwrap_or(u32::MAX);

@@ -248,6 +248,7 @@ fn the_byte_bound_drops_info_then_warning_then_critical_oldest_first() {
     o.set_bounds(Bounds {
         max_bytes: per * 3 + per / 2,
         max_age: None,
+        ..Bounds::DEFAULT
     });
     o.push("gw", &[draft(7, Severity::Critical)], None).unwrap();
     // 7 alerts, room for 3: both infos (2, 4), both warnings (3, 6) go.
@@ -277,6 +278,7 @@ fn drop_counts_and_pending_events_survive_reopen_and_leave_on_ack() {
         o.set_bounds(Bounds {
             max_bytes: 1,
             max_age: None,
+            ..Bounds::DEFAULT
         });
         o.push(
             "gw",
@@ -305,6 +307,7 @@ fn drop_counts_and_pending_events_survive_reopen_and_leave_on_ack() {
     o.set_bounds(Bounds {
         max_bytes: 1,
         max_age: None,
+        ..Bounds::DEFAULT
     });
     o.push("gw", &[draft(3, Severity::Critical)], None).unwrap();
     assert_eq!(o.events_pending(), 2);
@@ -329,6 +332,7 @@ fn expire_drops_alerts_older_than_max_age_but_not_those_stamped_by_an_unset_cloc
     o.set_bounds(Bounds {
         max_bytes: u64::MAX,
         max_age: Some(Duration::from_secs(60)),
+        ..Bounds::DEFAULT
     });
     assert_eq!(o.expire(t0 + 30_000).unwrap(), 0);
     assert_eq!(o.expire(t0 + 65_000).unwrap(), 1);
@@ -448,7 +452,7 @@ proptest! {
         let mut reported: BTreeSet<u64> = BTreeSet::new();
         let mut dropped_by = BySeverity::default();
         let mut next = 1u64;
-        let mut bounds = Bounds { max_bytes: u64::MAX, max_age: Some(Duration::from_millis(MAX_AGE_MS as u64)) };
+        let mut bounds = Bounds { max_bytes: u64::MAX, max_age: Some(Duration::from_millis(MAX_AGE_MS as u64)), ..Bounds::DEFAULT };
         o.as_ref().unwrap().set_bounds(bounds);
         let mut now = T0;
         // A lowered max_bytes holds from the next push on.

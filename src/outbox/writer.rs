@@ -13,6 +13,7 @@
 //! after a capped, jittered backoff. Batches are still taken meanwhile, so
 //! the evaluator never waits on a failing disk.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +54,9 @@ pub struct Writer {
 
 /// What the writer holds between two writes.
 struct Held {
-    drafts: Vec<AlertDraft>,
+    drafts: VecDeque<AlertDraft>,
+    /// Drafts dropped by [`RETRY_LIMIT`] and not yet reported.
+    lost: usize,
     rules_state: Option<Vec<u8>>,
     /// Pushed but not flushed yet.
     unflushed: bool,
@@ -74,13 +77,19 @@ impl Held {
         }
     }
 
-    /// Drops the oldest drafts beyond [`RETRY_LIMIT`].
+    /// Drops the oldest drafts beyond [`RETRY_LIMIT`] (reported by
+    /// [`Held::report_lost`], once per write attempt).
     fn bound(&mut self) {
-        if self.drafts.len() > RETRY_LIMIT {
-            let lost = self.drafts.len() - RETRY_LIMIT;
-            self.drafts.drain(..lost);
+        while self.drafts.len() > RETRY_LIMIT {
+            self.drafts.pop_front();
+            self.lost += 1;
+        }
+    }
+
+    fn report_lost(&mut self) {
+        if self.lost > 0 {
             error!(
-                lost,
+                lost = std::mem::take(&mut self.lost),
                 "outbox write keeps failing; oldest alerts not yet stored were dropped"
             );
         }
@@ -98,7 +107,8 @@ impl Writer {
         let mut timer = tokio::time::interval(period);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut held = Held {
-            drafts: Vec::new(),
+            drafts: VecDeque::new(),
+            lost: 0,
             rules_state: None,
             unflushed: false,
             retry_at: None,
@@ -170,9 +180,12 @@ impl Writer {
     /// Stores what is held and flushes per policy; false when the write
     /// failed (the drafts are still held, and a retry is scheduled).
     async fn store(&self, held: &mut Held, durable: &watch::Sender<u64>) -> bool {
+        // Drafts dropped while waiting out the backoff.
+        held.report_lost();
+        let drafts = held.drafts.make_contiguous();
         match self
             .outbox
-            .push(&self.gateway, &held.drafts, held.rules_state.as_deref())
+            .push(&self.gateway, drafts, held.rules_state.as_deref())
         {
             Ok(alerts) => {
                 held.drafts.clear();
@@ -194,6 +207,7 @@ impl Writer {
             Err(e) => {
                 Telemetry::bump(&self.telemetry.outbox_errors);
                 held.bound();
+                held.report_lost();
                 let delay = held.backoff.next_delay(jitter());
                 error!(error = %e, waiting = held.drafts.len(), retry_in = ?delay, "cannot write alerts to the outbox (disk full?); holding them and retrying");
                 held.retry_at = Some(Instant::now() + delay);

@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::alert::DEFAULT_MAX_PAYLOAD;
 use crate::config::Config;
 use crate::evaluator::{Control, Evaluator, Links};
 use crate::outbox::{Batch, Bounds, OpenEvent, Outbox, Writer};
@@ -65,6 +66,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     outbox.set_bounds(Bounds {
         max_bytes: config.outbox.max_bytes,
         max_age: Some(config.outbox.max_age).filter(|a| !a.is_zero()),
+        // Stored is published: alerts are cut to the upstream's limit at push.
+        max_payload: config
+            .upstream
+            .as_ref()
+            .map_or(DEFAULT_MAX_PAYLOAD, |u| u.max_payload),
     });
     let outbox = Arc::new(outbox);
     info!(

@@ -29,11 +29,12 @@
 //! the outbox on its PUBACK, so a link lost before it loses no event.
 //!
 //! With `[homeassistant]`, each alert is preceded by its retained discovery
-//! and state messages (see [`crate::homeassistant`] and [`Side`]).
+//! and state messages (see [`crate::homeassistant`] and `DiscoveryQueue`).
 
 pub mod ack;
+mod discovery;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -49,7 +50,6 @@ use crate::backoff::{Backoff, jitter};
 use crate::cancel::sleep_or_cancel;
 use crate::config::UpstreamConfig;
 use crate::health::Health;
-use crate::homeassistant::{Discovery, Message};
 use crate::mqtt::{self, explain};
 use crate::outbox::Outbox;
 use crate::outbox::event::event_id;
@@ -57,6 +57,7 @@ use crate::rules::AlertState;
 use crate::telemetry::Telemetry;
 use crate::topic;
 use ack::{AckTracker, Tag};
+use discovery::DiscoveryQueue;
 
 /// Alerts in flight at once. Duplicates after a reconnect are at most this many.
 pub const WINDOW: usize = 64;
@@ -172,7 +173,7 @@ impl Upstream {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let max_packet = self.cfg.max_payload + 2048;
-        let mut side = Side::new(&self.cfg);
+        let mut discovery = DiscoveryQueue::new(&self.cfg);
         let mut last_reason = String::new();
         loop {
             let mut opts = match mqtt::options(&self.cfg.broker, max_packet) {
@@ -196,7 +197,7 @@ impl Upstream {
             let (client, eventloop) = AsyncClient::new(opts, WINDOW + 16);
             let mut acked = Vec::with_capacity(ACK_BATCH);
             let end = self
-                .session(client, eventloop, &cancel, &mut side, &mut acked)
+                .session(client, eventloop, &cancel, &mut discovery, &mut acked)
                 .await;
             // Whatever ended the session, what the broker acknowledged leaves.
             self.remove_acked(&mut acked);
@@ -233,10 +234,10 @@ impl Upstream {
         client: AsyncClient,
         eventloop: EventLoop,
         cancel: &CancellationToken,
-        side: &mut Side,
+        discovery: &mut DiscoveryQueue,
         acked: &mut Vec<u64>,
     ) -> End {
-        side.new_session();
+        discovery.new_session();
         // Never dropped half-way (see `mqtt::next_event`).
         let mut poll = mqtt::poll(eventloop);
         let mut tracker = AckTracker::new();
@@ -343,7 +344,7 @@ impl Upstream {
                     self.remove_acked(acked);
                 }
                 self.send_events(&client, &mut tracker, &mut events_in_flight);
-                self.fill(&client, &mut tracker, &mut sent, &mut cursor, side);
+                self.fill(&client, &mut tracker, &mut sent, &mut cursor, discovery);
             }
         }
     }
@@ -370,7 +371,7 @@ impl Upstream {
         tracker: &mut AckTracker,
         sent: &mut HashMap<u64, Sent>,
         cursor: &mut Option<u64>,
-        side: &mut Side,
+        discovery: &mut DiscoveryQueue,
     ) {
         let durable = *self.durable.borrow();
         while tracker.alerts_in_flight() < WINDOW {
@@ -399,13 +400,9 @@ impl Upstream {
                         continue;
                     }
                 };
-                let payload = if r.payload.len() > self.cfg.max_payload {
-                    alert.to_payload(self.cfg.max_payload)
-                } else {
-                    r.payload
-                };
-                side.before_alert(r.seq, &alert);
-                if !side.flush(client, tracker) {
+                let payload = publishable(r.payload, &alert, self.cfg.max_payload);
+                discovery.before_alert(r.seq, &alert);
+                if !discovery.flush(client, tracker) {
                     return;
                 }
                 let t = topic::alert_topic(&self.cfg.topic_prefix, &alert.rule, &alert.sensor);
@@ -489,61 +486,74 @@ impl Upstream {
     }
 }
 
-/// Retained messages that go out just before an alert (Home Assistant
-/// discovery and state). Queued, because the client's request channel may
-/// be full: the alert waits until they are handed over, so they always
-/// precede it on the wire.
-struct Side {
-    ha: Option<Discovery>,
-    queue: VecDeque<Message>,
-    /// The alert whose messages are queued, so a retried alert does not
-    /// queue them twice.
-    queued_for: Option<u64>,
+/// The bytes to publish for a stored alert: its payload verbatim, exactly
+/// what `outpost outbox export` shows (the outbox cut it to `max_payload`
+/// when it stored it). Only a record stored under a larger `max_payload`
+/// (the config was changed since) is cut again, so it still fits.
+fn publishable(stored: Vec<u8>, alert: &Alert, max_payload: usize) -> Vec<u8> {
+    if stored.len() <= max_payload {
+        stored
+    } else {
+        alert.to_payload(max_payload)
+    }
 }
 
-impl Side {
-    fn new(cfg: &UpstreamConfig) -> Side {
-        Side {
-            ha: cfg
-                .homeassistant
-                .clone()
-                .map(|h| Discovery::new(h, &cfg.topic_prefix)),
-            queue: VecDeque::new(),
-            queued_for: None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Bounds;
+    use crate::rules::{AlertDraft, Reason, Severity};
+
+    fn draft(message: String) -> AlertDraft {
+        AlertDraft {
+            rule: "hot".into(),
+            sensor: "t1".into(),
+            metric: "t".into(),
+            state: AlertState::Firing,
+            severity: Severity::Warning,
+            value: 31.0,
+            threshold: 30.0,
+            ts_ms: 1_700_000_000_000,
+            since_ms: 1_700_000_000_000,
+            message,
+            labels: Default::default(),
+            actions: Vec::new(),
+            reason: Reason::Transition,
         }
     }
 
-    /// A new connection: alerts are sent again from the oldest
-    /// unacknowledged, and bring their messages again.
-    fn new_session(&mut self) {
-        self.queue.clear();
-        self.queued_for = None;
-        if let Some(ha) = &mut self.ha {
-            ha.new_session();
+    #[test]
+    fn what_the_outbox_stored_is_published_verbatim() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path()).unwrap().0;
+        let max = 2048;
+        o.set_bounds(Bounds {
+            max_payload: max,
+            ..Bounds::DEFAULT
+        });
+        o.push(
+            "gw",
+            &[draft("é".repeat(5000)), draft("short".into())],
+            None,
+        )
+        .unwrap();
+        for r in o.after(None, 10).unwrap() {
+            let alert = r.alert().unwrap();
+            let stored = r.payload.clone();
+            assert!(stored.len() <= max, "{}", stored.len());
+            assert_eq!(publishable(r.payload, &alert, max), stored);
         }
     }
 
-    fn before_alert(&mut self, seq: u64, alert: &Alert) {
-        if let Some(ha) = &mut self.ha
-            && self.queued_for != Some(seq)
-        {
-            self.queue.extend(ha.on_alert(alert));
-            self.queued_for = Some(seq);
-        }
-    }
-
-    /// Hands queued messages to the client; true when none is left.
-    fn flush(&mut self, client: &AsyncClient, tracker: &mut AckTracker) -> bool {
-        while let Some(m) = self.queue.front() {
-            if client
-                .try_publish(m.topic.clone(), QoS::AtLeastOnce, true, m.payload.clone())
-                .is_err()
-            {
-                return false;
-            }
-            tracker.sent(Tag::Other);
-            self.queue.pop_front();
-        }
-        true
+    #[test]
+    fn a_record_stored_under_a_larger_max_payload_is_cut_to_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path()).unwrap().0;
+        o.push("gw", &[draft("x".repeat(4000))], None).unwrap();
+        let r = o.oldest().unwrap().unwrap();
+        let alert = r.alert().unwrap();
+        let p = publishable(r.payload, &alert, 1024);
+        assert!(p.len() <= 1024, "{}", p.len());
+        assert_eq!(p, alert.to_payload(1024));
     }
 }

@@ -18,6 +18,7 @@ use super::super::{
     OutboxConfig, Parity, SerialConfig, SimulateConfig, UpstreamConfig,
 };
 use super::{Compiler, valid_id};
+use crate::alert::DEFAULT_MAX_PAYLOAD;
 use crate::payload::Format;
 use crate::topic::{self, SensorTemplate, validate_filter};
 
@@ -106,7 +107,7 @@ impl Compiler<'_, '_> {
                 return None;
             }
             Some(m) => m.into_inner().0 as usize,
-            None => 128 << 10,
+            None => DEFAULT_MAX_PAYLOAD,
         };
         let keys = RawBroker {
             url: raw.url,

@@ -138,16 +138,22 @@ async fn with_a_flush_period_alerts_are_announced_at_once_and_flushed_on_the_per
         "no flush per alert under a period"
     );
     assert!(w.outbox.flushed_through() < 1, "not flushed yet");
-    // The next tick of the period flushes it.
-    let deadline = sent + 10 * period;
+    // The period's next tick starts the flush (sled fsyncs on its own
+    // threads, in real time: wait for it without letting the paused clock
+    // run ahead).
+    tokio::time::sleep_until(sent + period).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while w.outbox.flushed_through() < 1 {
-        assert!(Instant::now() < deadline, "not flushed within ten periods");
-        tokio::time::sleep(period / 10).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flush never returned"
+        );
+        tokio::task::yield_now().await;
     }
+    let at = sent.elapsed();
     assert!(
-        sent.elapsed() + Duration::from_millis(1) >= period,
-        "flushed after {:?}, before the period ended",
-        sent.elapsed()
+        at + Duration::from_millis(1) >= period && at < 2 * period,
+        "flushed after {at:?}, not on the period's tick"
     );
     drop(w.tx);
     w.task.await.unwrap();
@@ -156,12 +162,13 @@ async fn with_a_flush_period_alerts_are_announced_at_once_and_flushed_on_the_per
 /// sled refuses every write to a dropped tree: a disk that keeps failing.
 #[tokio::test(start_paused = true)]
 async fn a_failing_disk_is_retried_with_capped_jittered_backoff_while_batches_keep_coming() {
+    const POLL: Duration = Duration::from_millis(20);
     let w = start(FlushPolicy::Always);
     w.outbox.db.drop_tree(super::super::TREE).unwrap();
     let errors = || w.telemetry.outbox_errors.load(Ordering::Relaxed);
     let t0 = Instant::now();
     w.tx.send(batch(0)).await.unwrap();
-    // The instants of the first 12 failed writes, seen every 5 ms of
+    // The instants of the first 12 failed writes, seen every 20 ms of
     // (virtual) time.
     let mut failures = Vec::new();
     let mut seen = 0;
@@ -171,14 +178,14 @@ async fn a_failing_disk_is_retried_with_capped_jittered_backoff_while_batches_ke
         // channel holds goes in meanwhile.
         w.tx.try_send(batch(1))
             .expect("the writer keeps taking batches");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(POLL).await;
         let now = errors();
         if now > seen {
             failures.push(t0.elapsed());
             seen = now;
         }
     }
-    let slack = Duration::from_millis(5);
+    let slack = POLL;
     for (i, pair) in failures.windows(2).enumerate() {
         let gap = pair[1] - pair[0];
         let step = (RETRY_MIN * 2u32.pow(i as u32)).min(RETRY_MAX);
