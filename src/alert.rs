@@ -1,4 +1,5 @@
-//! The alert payload: the public contract subscribers parse (SPEC.md, Alerts).
+//! The alert payload: the public contract subscribers parse (the fields and
+//! their meaning are in docs/contract.md, "Alert").
 
 use std::collections::BTreeMap;
 
@@ -52,8 +53,9 @@ impl Alert {
     }
 
     /// The JSON bytes, with `message` cut (on a character boundary, marked
-    /// with `…`) so the whole payload fits in `max` bytes. A broker refuses an
-    /// oversized publish and rumqttc would retry it forever (PITFALLS.md).
+    /// with `…`) so the whole payload fits in `max` bytes. A publish over the
+    /// packet limit (rumqttc's own, or the broker's) fails the connection,
+    /// and it would be sent again after every reconnect, forever.
     /// If even an empty message does not fit (labels larger than `max`), the
     /// labels go too; what is left (ids, names of at most 128 bytes, numbers,
     /// times) fits in any `max_payload` the config accepts (1 KiB or more).

@@ -267,6 +267,12 @@ mod tests {
     #[test]
     fn object_ids_are_safe_and_distinct_after_sanitizing() {
         assert_eq!(object_id("hot", "t1"), "hot_t1");
+        // The example in docs/contract.md; the hash is FNV-1a, stable across
+        // versions, so entities survive upgrades.
+        assert_eq!(
+            object_id("greenhouse-hot", "greenhouse/t1"),
+            "greenhouse-hot_greenhouse_t1_4da03bab"
+        );
         let a = object_id("hot", "a/b");
         let b = object_id("hot", "a_b");
         let c = object_id("hot", "a+b");

@@ -9,7 +9,8 @@
 //! field) and must never change what a topic means: `+`, `#`, NUL and control
 //! characters become `_`, empty levels become `_`, and since every topic
 //! starts with the validated `topic_prefix`, a leading `$` is impossible.
-//! rumqttc's own check only refuses `+` and `#` (see PITFALLS.md).
+//! rumqttc's own check only refuses `+` and `#`: a NUL (malformed in MQTT:
+//! the broker closes the connection) or a control character would go out.
 
 mod filter;
 mod sensor_template;

@@ -1,9 +1,10 @@
 //! The upstream link: the only component that publishes alerts.
 //!
-//! One task owns the rumqttc client *and* its event loop (PITFALLS.md: the
-//! event loop must be polled continuously, and only the task that sees
-//! `Outgoing::Publish(pkid)` in send order can tell which alert a PUBACK
-//! acknowledges). Per connection:
+//! One task owns the rumqttc client *and* its event loop: rumqttc sends and
+//! receives only while its event loop is polled, so it must be polled
+//! continuously, and only the task that sees `Outgoing::Publish(pkid)` in
+//! send order can tell which alert a PUBACK acknowledges (rumqttc reuses
+//! packet ids). Per connection:
 //!
 //! 1. a fresh client and event loop (so no request queued for a dead
 //!    connection can slip into the next one and confuse the pkid mapping),
