@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -92,14 +93,21 @@ pub struct SourceHealth {
 }
 
 impl Health {
-    /// Gathers the health from the counters; `now_wall_ms` for `ts` and ages.
-    pub fn gather(gateway: &str, t: &Telemetry, outbox: &Stats, now_wall_ms: i64) -> Health {
+    /// Gathers the health from the counters; `now_wall_ms` for `ts` and
+    /// ages, `uptime` since the gateway started (the caller reads the clocks).
+    pub fn gather(
+        gateway: &str,
+        t: &Telemetry,
+        outbox: &Stats,
+        now_wall_ms: i64,
+        uptime: Duration,
+    ) -> Health {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         Health {
             gateway: gateway.to_string(),
             version: env!("CARGO_PKG_VERSION"),
             ts: rfc3339_ms(now_wall_ms),
-            uptime_s: t.started.elapsed().as_secs(),
+            uptime_s: uptime.as_secs(),
             upstream: UpstreamHealth {
                 connected: t.upstream_connected.load(Ordering::Relaxed),
                 reconnects: load(&t.upstream_reconnects),
@@ -187,7 +195,13 @@ mod tests {
         src.readings.store(5, Ordering::Relaxed);
         src.error("syntax");
         t.upstream_reconnects.store(2, Ordering::Relaxed);
-        let h = Health::gather("gw", &t, &stats(), 1_800_000_012_500);
+        let h = Health::gather(
+            "gw",
+            &t,
+            &stats(),
+            1_800_000_012_500,
+            Duration::from_secs(3600),
+        );
         let v: serde_json::Value = serde_json::from_slice(&h.to_payload()).unwrap();
         assert_eq!(v["gateway"], "gw");
         assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
@@ -198,20 +212,30 @@ mod tests {
         assert_eq!(v["sources"][0]["readings"], 5);
         assert_eq!(v["sources"][0]["errors"]["syntax"], 1);
         assert_eq!(v["ts"], "2027-01-15T08:00:12.500Z");
+        assert_eq!(v["uptime_s"], 3600);
     }
 
     #[test]
     fn the_signature_changes_on_drops_and_errors_but_not_on_readings() {
         let t = Telemetry::new();
         let src = t.source("bench", "serial");
-        let a = Health::gather("gw", &t, &stats(), 0).signature();
+        let a = Health::gather("gw", &t, &stats(), 0, Duration::ZERO).signature();
         src.readings.store(99, Ordering::Relaxed);
-        assert_eq!(Health::gather("gw", &t, &stats(), 5).signature(), a);
+        assert_eq!(
+            Health::gather("gw", &t, &stats(), 5, Duration::ZERO).signature(),
+            a
+        );
         src.error("too_long");
-        assert_ne!(Health::gather("gw", &t, &stats(), 5).signature(), a);
+        assert_ne!(
+            Health::gather("gw", &t, &stats(), 5, Duration::ZERO).signature(),
+            a
+        );
         let mut s = stats();
         s.dropped.info += 1;
-        let b = Health::gather("gw", &t, &stats(), 5).signature();
-        assert_ne!(Health::gather("gw", &t, &s, 5).signature(), b);
+        let b = Health::gather("gw", &t, &stats(), 5, Duration::ZERO).signature();
+        assert_ne!(
+            Health::gather("gw", &t, &s, 5, Duration::ZERO).signature(),
+            b
+        );
     }
 }

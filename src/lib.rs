@@ -27,3 +27,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod topic;
 pub mod upstream;
+
+#[cfg(test)]
+mod architecture_test;

@@ -112,6 +112,7 @@ impl Upstream {
             &self.telemetry,
             &self.outbox.stats(),
             crate::reading::wall_ms(),
+            self.telemetry.started.elapsed(),
         )
     }
 
