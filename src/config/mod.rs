@@ -4,7 +4,7 @@
 //! deserialized into `Raw*` structs exactly as written (`raw.rs`, unknown
 //! keys refused), then compiled into the [`Config`] the components are built
 //! from (`compile/`, the types in `types.rs`). Both stages collect *every*
-//! problem as a [`Diagnostic`](crate::diagnostic::Diagnostic) with
+//! problem as a `Diagnostic` with
 //! `FILE:LINE:COL`, and the rules files the config names are loaded
 //! (`rules_file.rs`) and checked too.
 //!

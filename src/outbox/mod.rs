@@ -2,7 +2,11 @@
 //! and leaves only when the upstream broker acknowledged that very alert, or
 //! when the bound drops it (counted and reported).
 //!
-//! This is the only module that imports sled.
+//! This is the only module that imports sled. Code map: this file opens the
+//! database and holds the store's operations; `keys.rs` the format below;
+//! `bounds.rs` the bounds and the evictions they make; `event.rs` the events
+//! (pure); `writer.rs` the task that stores what the evaluator emits and
+//! announces what may be published; `tests.rs` the model check.
 //!
 //! # Format
 //!
@@ -11,7 +15,9 @@
 //!
 //! - `a` + seq (u64): one alert. Value: a 10-byte header, format byte `1`,
 //!   severity (`0` info, `1` warning, `2` critical), creation time (wall
-//!   clock, Unix ms, i64), then the exact JSON payload that is published.
+//!   clock, Unix ms, i64), then the exact JSON payload that is published
+//!   (an alert over [`Bounds::max_payload`] is stored with its message cut,
+//!   as it will be published: `outpost outbox export` prints these bytes).
 //! - `s` + severity (u8) + seq (u64): the severity index, one entry per
 //!   alert; value the payload length (u32). Eviction walks `s0…`, then
 //!   `s1…`, then `s2…`: lowest severity first, oldest first within one,
@@ -40,8 +46,10 @@
 //!   counters never disagree with the alerts.
 //! - Written is not yet durable: only after [`Outbox::flush`] returns are the
 //!   writes guaranteed to survive a crash or power cut (sled's `flush`
-//!   contract). With `flush = "always"` the runtime flushes before
-//!   publishing, and alerts pushed together share one flush (group commit).
+//!   contract); it returns the highest seq it covers
+//!   ([`Outbox::flushed_through`]). With `flush = "always"` the writer
+//!   flushes before it announces a seq as publishable, and alerts pushed
+//!   together share one flush (group commit).
 //!   sled's own background flush (every 500 ms) still runs: it also reclaims
 //!   space, and it bounds what kill -9 can lose under a `flush` period.
 //! - [`Outbox::ack`] removes one alert, by seq ([`Outbox::ack_many`] several,
@@ -69,54 +77,27 @@
 //! sled is tuned for a small device: a 4 MiB page cache instead of 1 GiB
 //! (RSS grows with it), low-space mode.
 
+mod bounds;
 pub mod event;
+mod keys;
 mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::warn;
 
-use crate::alert::{Alert, DEFAULT_MAX_PAYLOAD, rfc3339_ms};
+use crate::alert::{Alert, rfc3339_ms};
 use crate::rules::{AlertDraft, Severity};
 use crate::telemetry::WarnLimiter;
+pub use bounds::Bounds;
+use bounds::{Victim, add_signed};
 pub use event::{BySeverity, DropReason, OutboxEvent};
+pub use keys::Record;
+use keys::*;
 pub use writer::{Batch, Writer};
-
-const TREE: &[u8] = b"outbox";
-const ALERT: u8 = b'a';
-const INDEX: u8 = b's';
-const EVENT: u8 = b'e';
-const NEXT_SEQ: &[u8] = b"m/next_seq";
-const DB_ID: &[u8] = b"m/db_id";
-const RULES_STATE: &[u8] = b"m/rules_state";
-const NEXT_EVENT: &[u8] = b"m/next_event";
-const COUNTS: &[u8] = b"m/counts";
-
-/// `m/counts`: waiting alerts and their payload bytes.
-fn counts_value(depth: u64, bytes: u64) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&depth.to_be_bytes());
-    v[8..].copy_from_slice(&bytes.to_be_bytes());
-    v
-}
-
-fn counts_of(v: &[u8]) -> Option<(u64, u64)> {
-    let d: [u8; 8] = v.get(..8)?.try_into().ok()?;
-    let b: [u8; 8] = v.get(8..16)?.try_into().ok()?;
-    Some((u64::from_be_bytes(d), u64::from_be_bytes(b)))
-}
-const SEVERITIES: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::Critical];
-
-/// First byte of a stored alert value.
-const RECORD_FORMAT: u8 = 1;
-const HEADER: usize = 10;
-/// 2020-01-01T00:00:00Z: creation times before it mean the clock was not set.
-const SANE_WALL_MS: i64 = 1_577_836_800_000;
-/// Records looked at per `expire` call at most (bounds the work per tick).
-const EXPIRE_SCAN: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -140,67 +121,6 @@ pub enum OutboxError {
 pub enum OpenEvent {
     /// A corrupt database was moved to `moved_to` and a fresh one started.
     Replaced { moved_to: PathBuf, reason: String },
-}
-
-/// The outbox bounds: `[outbox] max_bytes` and `max_age`, and the largest
-/// payload stored (`[upstream] max_payload`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
-    /// Payload bytes of waiting alerts, at most.
-    pub max_bytes: u64,
-    /// Alerts older than this are dropped; `None`: never.
-    pub max_age: Option<Duration>,
-    /// Largest alert payload: a longer one has its message cut at push
-    /// ([`Alert::to_payload`]), so what is stored is what is published.
-    pub max_payload: usize,
-}
-
-impl Bounds {
-    /// No bound on bytes or age; payloads cut at the default `max_payload`.
-    pub const DEFAULT: Bounds = Bounds {
-        max_bytes: u64::MAX,
-        max_age: None,
-        max_payload: DEFAULT_MAX_PAYLOAD,
-    };
-}
-
-/// One stored alert.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    pub seq: u64,
-    pub severity: Severity,
-    /// When it was stored (wall clock, Unix ms).
-    pub created_ms: i64,
-    /// The JSON payload, exactly as published.
-    pub payload: Vec<u8>,
-}
-
-impl Record {
-    pub fn alert(&self) -> Result<Alert, OutboxError> {
-        serde_json::from_slice(&self.payload).map_err(|e| OutboxError::Record {
-            seq: self.seq,
-            reason: e.to_string(),
-        })
-    }
-
-    fn decode(seq: u64, v: &[u8]) -> Result<Record, OutboxError> {
-        let bad = |reason: &str| OutboxError::Record {
-            seq,
-            reason: reason.to_string(),
-        };
-        if v.len() < HEADER || v[0] != RECORD_FORMAT {
-            return Err(bad("unknown record format"));
-        }
-        let severity = severity_from_byte(v[1]).ok_or_else(|| bad("unknown severity"))?;
-        let mut ts = [0u8; 8];
-        ts.copy_from_slice(&v[2..10]);
-        Ok(Record {
-            seq,
-            severity,
-            created_ms: i64::from_be_bytes(ts),
-            payload: v[HEADER..].to_vec(),
-        })
-    }
 }
 
 /// A snapshot of the counters, for health, status and `outbox list`.
@@ -241,75 +161,6 @@ pub struct Outbox {
 
 /// How much of sled's page cache to keep in memory.
 const CACHE_BYTES: u64 = 4 << 20;
-
-fn seq_key(seq: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = ALERT;
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn index_key(sev: Severity, seq: u64) -> [u8; 10] {
-    let mut k = [0u8; 10];
-    k[0] = INDEX;
-    k[1] = severity_byte(sev);
-    k[2..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn event_key(n: u64) -> [u8; 9] {
-    let mut k = seq_key(n);
-    k[0] = EVENT;
-    k
-}
-
-fn dropped_key(sev: Severity) -> Vec<u8> {
-    format!("m/dropped/{sev}").into_bytes()
-}
-
-fn severity_byte(s: Severity) -> u8 {
-    match s {
-        Severity::Info => 0,
-        Severity::Warning => 1,
-        Severity::Critical => 2,
-    }
-}
-
-fn severity_from_byte(b: u8) -> Option<Severity> {
-    SEVERITIES.get(usize::from(b)).copied()
-}
-
-fn sev_index(s: Severity) -> usize {
-    usize::from(severity_byte(s))
-}
-
-fn key_seq(k: &[u8]) -> Option<u64> {
-    let b: [u8; 8] = k.get(k.len().checked_sub(8)?..)?.try_into().ok()?;
-    Some(u64::from_be_bytes(b))
-}
-
-fn u64_value(v: Option<sled::IVec>) -> Option<u64> {
-    let b: [u8; 8] = v?.as_ref().try_into().ok()?;
-    Some(u64::from_be_bytes(b))
-}
-
-/// What an eviction changes in memory once its batch is applied.
-#[derive(Debug, Default)]
-struct Effects {
-    counts: BySeverity,
-    freed: u64,
-    /// The next event number, when a new event was started.
-    new_event: Option<u64>,
-}
-
-/// One alert chosen for eviction.
-#[derive(Debug, Clone, Copy)]
-struct Victim {
-    seq: u64,
-    severity: Severity,
-    len: u64,
-    reason: DropReason,
-}
 
 impl Outbox {
     /// Opens (or creates) the outbox in `dir`/outbox.
@@ -526,170 +377,6 @@ impl Outbox {
         add_signed(&self.bytes, added, effects.freed);
         self.applied(&mut st, effects, &victims);
         Ok(alerts)
-    }
-
-    /// What to drop so that the stored bytes plus `added` (the `fresh`
-    /// alerts about to be stored) fit `max_bytes`: info, then warning, then
-    /// critical; oldest first within each (fresh ones are the newest).
-    fn over_bytes(
-        &self,
-        st: &State,
-        added: u64,
-        fresh: &[Victim],
-    ) -> Result<Vec<Victim>, OutboxError> {
-        let mut over = (self.bytes() + added).saturating_sub(st.bounds.max_bytes);
-        let mut victims = Vec::new();
-        if over == 0 {
-            return Ok(victims);
-        }
-        for sev in SEVERITIES {
-            let stored = self
-                .tree
-                .scan_prefix([INDEX, severity_byte(sev)])
-                .map(|kv| {
-                    let (k, v) = kv.map_err(OutboxError::Write)?;
-                    Ok(key_seq(&k).map(|seq| Victim {
-                        seq,
-                        severity: sev,
-                        len: u64::from(u32_value(&v)),
-                        reason: DropReason::MaxBytes,
-                    }))
-                });
-            let new = fresh
-                .iter()
-                .filter(|v| v.severity == sev)
-                .map(|v| Ok(Some(*v)));
-            for v in stored.chain(new) {
-                let Some(v) = v? else { continue };
-                victims.push(v);
-                over = over.saturating_sub(v.len.max(1));
-                if over == 0 {
-                    return Ok(victims);
-                }
-            }
-        }
-        Ok(victims)
-    }
-
-    /// Drops alerts created more than `max_age` before `now_ms`, oldest
-    /// first. Call periodically. Returns how many were dropped.
-    pub fn expire(&self, now_ms: i64) -> Result<u64, OutboxError> {
-        let mut st = self.lock();
-        let Some(age) = st.bounds.max_age else {
-            return Ok(0);
-        };
-        let cutoff = now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
-        let mut victims = Vec::new();
-        for kv in self.tree.scan_prefix([ALERT]).take(EXPIRE_SCAN) {
-            let (k, v) = kv.map_err(OutboxError::Write)?;
-            let Some(seq) = key_seq(&k) else { continue };
-            let Ok(r) = Record::decode(seq, &v) else {
-                continue;
-            };
-            if r.created_ms < SANE_WALL_MS {
-                continue; // the clock was not set: age unknown
-            }
-            if r.created_ms >= cutoff {
-                break;
-            }
-            victims.push(Victim {
-                seq,
-                severity: r.severity,
-                len: r.payload.len() as u64,
-                reason: DropReason::MaxAge,
-            });
-        }
-        if victims.is_empty() {
-            return Ok(0);
-        }
-        let mut batch = sled::Batch::default();
-        let effects = self.evict_into(&mut batch, &st, &victims, now_ms)?;
-        batch.insert(
-            COUNTS,
-            &counts_value(
-                self.depth().saturating_sub(victims.len() as u64),
-                self.bytes().saturating_sub(effects.freed),
-            ),
-        );
-        self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
-        self.depth
-            .fetch_sub(victims.len() as u64, Ordering::Relaxed);
-        self.bytes.fetch_sub(effects.freed, Ordering::Relaxed);
-        self.applied(&mut st, effects, &victims);
-        Ok(victims.len() as u64)
-    }
-
-    /// Adds to `batch` the removal of `victims`, the advanced drop counters
-    /// and the `dropped` event that reports them (merged into the newest
-    /// event when that one is an unsealed `dropped` one).
-    fn evict_into(
-        &self,
-        batch: &mut sled::Batch,
-        st: &State,
-        victims: &[Victim],
-        now_ms: i64,
-    ) -> Result<Effects, OutboxError> {
-        let mut fx = Effects::default();
-        if victims.is_empty() {
-            return Ok(fx);
-        }
-        let ts = rfc3339_ms(now_ms);
-        let (n, mut ev, new) = match self.last_event()? {
-            Some((n, e @ OutboxEvent::Dropped { .. })) if n >= st.sealed_below => (n, e, false),
-            _ => (st.next_event, OutboxEvent::dropped(ts.clone()), true),
-        };
-        for v in victims {
-            // Removes override inserts of the same key earlier in the batch.
-            batch.remove(&seq_key(v.seq));
-            batch.remove(&index_key(v.severity, v.seq));
-            fx.counts.add(v.severity, 1);
-            fx.freed += v.len;
-            ev.add_drop(v.seq, v.severity, v.reason, &ts);
-        }
-        for s in SEVERITIES {
-            let c = fx.counts.get(s);
-            if c > 0 {
-                let total = self.dropped[sev_index(s)].load(Ordering::Relaxed) + c;
-                batch.insert(dropped_key(s), &total.to_be_bytes());
-            }
-        }
-        batch.insert(&event_key(n), event_bytes(&ev));
-        if new {
-            batch.insert(NEXT_EVENT, &(n + 1).to_be_bytes());
-            fx.new_event = Some(n + 1);
-        }
-        Ok(fx)
-    }
-
-    /// The in-memory side of an applied eviction (but depth and bytes,
-    /// which the caller updates), and its (rate-limited) log line.
-    fn applied(&self, st: &mut State, fx: Effects, victims: &[Victim]) {
-        if victims.is_empty() {
-            return;
-        }
-        if let Some(next) = fx.new_event {
-            st.next_event = next;
-            self.events.fetch_add(1, Ordering::Relaxed);
-        }
-        for s in SEVERITIES {
-            self.dropped[sev_index(s)].fetch_add(fx.counts.get(s), Ordering::Relaxed);
-        }
-        let n = victims.len() as u64;
-        if let Some(suppressed) = st.drop_log.check(Instant::now()) {
-            let first = victims.iter().map(|v| v.seq).min().unwrap_or(0);
-            let last = victims.iter().map(|v| v.seq).max().unwrap_or(0);
-            warn!(
-                dropped = n,
-                info = fx.counts.info,
-                warning = fx.counts.warning,
-                critical = fx.counts.critical,
-                first,
-                last,
-                reason = ?victims[0].reason,
-                similar_warnings_suppressed = suppressed,
-                "outbox bound reached: alerts dropped (reported on the events topic)"
-            );
-        }
     }
 
     fn last_event(&self) -> Result<Option<(u64, OutboxEvent)>, OutboxError> {
@@ -962,24 +649,6 @@ impl Outbox {
     }
 }
 
-/// `counter += plus - minus`, as one atomic update.
-fn add_signed(counter: &AtomicU64, plus: u64, minus: u64) {
-    if plus >= minus {
-        counter.fetch_add(plus - minus, Ordering::Relaxed);
-    } else {
-        counter.fetch_sub(minus - plus, Ordering::Relaxed);
-    }
-}
-
-fn u32_value(v: &[u8]) -> u32 {
-    v.try_into().map(u32::from_be_bytes).unwrap_or(0)
-}
-
-fn event_bytes(ev: &OutboxEvent) -> Vec<u8> {
-    // Serializing strings and integers cannot fail.
-    serde_json::to_vec(ev).unwrap_or_default()
-}
-
 /// Errors that mean the files are damaged (not: locked, no permission).
 fn is_damage(e: &sled::Error) -> bool {
     match e {
@@ -999,17 +668,6 @@ fn is_lock_error(io: &std::io::Error) -> bool {
     io.kind() == std::io::ErrorKind::WouldBlock
         || io.raw_os_error() == Some(11)
         || io.to_string().contains("could not acquire lock")
-}
-
-/// The severity stored in a payload, for bound eviction (lowest first).
-pub fn severity_of(payload: &[u8]) -> Option<Severity> {
-    #[derive(serde::Deserialize)]
-    struct S {
-        severity: Severity,
-    }
-    serde_json::from_slice::<S>(payload)
-        .ok()
-        .map(|s| s.severity)
 }
 
 #[cfg(test)]

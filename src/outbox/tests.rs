@@ -555,3 +555,14 @@ proptest! {
         }
     }
 }
+
+/// The severity stored in a payload.
+pub fn severity_of(payload: &[u8]) -> Option<Severity> {
+    #[derive(serde::Deserialize)]
+    struct S {
+        severity: Severity,
+    }
+    serde_json::from_slice::<S>(payload)
+        .ok()
+        .map(|s| s.severity)
+}

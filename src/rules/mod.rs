@@ -10,7 +10,7 @@
 //!
 //! Code map:
 //! - `mod.rs` (this file): the types shared with the loader and the runtime.
-//! - [`glob`]: sensor/metric patterns where `*` matches any run of characters.
+//! - `glob.rs`: sensor/metric patterns where `*` matches any run of characters.
 //! - [`message`]: alert message templates (`{sensor} is {value:.1}`).
 //! - [`engine`]: the per-(rule, sensor, metric) state machines, the rule
 //!   index, timers, reload and snapshot/restore.

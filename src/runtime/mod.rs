@@ -13,9 +13,9 @@
 //! queued and hands its final state to the writer; the writer stores and
 //! flushes; then the upstream finishes in-flight publishes for up to a few
 //! seconds, publishes `offline` and disconnects; sled is flushed once more.
-//! Reload (SIGHUP, [`signals`]): the rules files are read again; a set that
+//! Reload (SIGHUP, `signals.rs`): the rules files are read again; a set that
 //! does not validate is refused whole and the old rules keep running. The
-//! systemd watchdog is [`watchdog`].
+//! systemd watchdog is `watchdog.rs`.
 
 mod signals;
 mod watchdog;

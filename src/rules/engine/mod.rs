@@ -261,7 +261,7 @@ impl Engine {
 
     /// Replaces the rules. A rule identical (`==`, same id) to an old one
     /// keeps its state; the firing pairs of removed or changed rules are
-    /// resolved (reason [`Reason::RuleChanged`]) and their state dropped.
+    /// resolved (reason [`Reason::RuleChanged`](super::Reason::RuleChanged)) and their state dropped.
     pub fn reload(&mut self, rules: Vec<Rule>, now: Now, out: &mut Vec<AlertDraft>) {
         self.start(now);
         let matches = pair_up(self.live.iter().map(|s| &s.rule), &rules);
