@@ -420,6 +420,15 @@ impl Tree {
         }
     }
 
+    /// The files (relative to `src/`) for which `pred` holds.
+    fn matching(&self, pred: impl Fn(&File) -> bool) -> Vec<&str> {
+        self.files
+            .iter()
+            .filter(|f| pred(f))
+            .map(|f| f.rel.as_str())
+            .collect()
+    }
+
     /// Top-level module → the top-level modules it names.
     fn graph(&self) -> BTreeMap<String, BTreeSet<String>> {
         let mut g: BTreeMap<String, BTreeSet<String>> = self
@@ -519,70 +528,68 @@ fn siblings_use_only_what_a_component_declares_pub() {
 #[test]
 fn nothing_imports_the_command_line() {
     let tree = Tree::read();
-    let users: Vec<&str> = tree
-        .files
-        .iter()
-        .filter(|f| f.top() != Some("cli") && f.rel != "lib.rs" && f.rel != "main.rs")
-        .filter(|f| {
-            crate_paths(f)
+    let users = tree.matching(|f| {
+        f.top() != Some("cli")
+            && f.rel != "lib.rs"
+            && f.rel != "main.rs"
+            && crate_paths(f)
                 .iter()
                 .any(|p| p.first().is_some_and(|t| t == "cli"))
-        })
-        .map(|f| f.rel.as_str())
-        .collect();
+    });
     assert!(users.is_empty(), "cli is imported by {users:?}");
 }
 
 #[test]
 fn only_the_outbox_mentions_sled() {
     let tree = Tree::read();
-    let users: Vec<&str> = tree
-        .files
-        .iter()
-        .filter(|f| !f.is_under("outbox/") && f.rel != "architecture_test.rs")
-        .filter(|f| mentions(&f.code, "sled"))
-        .map(|f| f.rel.as_str())
-        .collect();
+    let users = tree.matching(|f| {
+        !f.is_under("outbox/") && f.rel != "architecture_test.rs" && mentions(&f.code, "sled")
+    });
     assert!(users.is_empty(), "sled outside the outbox: {users:?}");
 }
 
 #[test]
 fn the_pure_core_does_no_io_and_reads_no_clock() {
     let tree = Tree::read();
-    let mut wrong = Vec::new();
-    let mut checked = 0;
-    for f in tree
+    let pure: Vec<&File> = tree
         .files
         .iter()
         .filter(|f| PURE.iter().any(|p| f.is_under(p)))
-    {
-        checked += 1;
-        for needle in IMPURE {
-            if mentions(&f.code, needle) {
-                wrong.push(format!("{} mentions {needle}", f.rel));
-            }
-        }
-    }
-    println!("pure core: {checked} files checked");
+        .collect();
+    println!("pure core: {} files checked", pure.len());
     assert!(
-        checked >= PURE.len(),
-        "only {checked} files matched {PURE:?}"
+        pure.len() >= PURE.len(),
+        "only {} files matched {PURE:?}",
+        pure.len()
     );
+    let wrong = naming(pure, IMPURE, |f| &f.code);
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 #[test]
 fn only_the_runtime_spawns_tasks() {
     let tree = Tree::read();
-    let mut wrong = Vec::new();
-    for f in tree.files.iter().filter(|f| f.top() != Some("runtime")) {
-        for needle in SPAWNS {
-            if mentions(&f.production, needle) {
-                wrong.push(format!("{} mentions {needle}", f.rel));
-            }
-        }
-    }
+    let others = tree.files.iter().filter(|f| f.top() != Some("runtime"));
+    let wrong = naming(others, SPAWNS, |f| &f.production);
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// `FILE mentions NEEDLE` for each of `needles` that the part of each file
+/// `code` picks names.
+fn naming<'f>(
+    files: impl IntoIterator<Item = &'f File>,
+    needles: &[&str],
+    code: impl Fn(&File) -> &str,
+) -> Vec<String> {
+    files
+        .into_iter()
+        .flat_map(|f| {
+            needles
+                .iter()
+                .filter(|n| mentions(code(f), n))
+                .map(move |n| format!("{} mentions {n}", f.rel))
+        })
+        .collect()
 }
 
 /// The scanner itself: a rule broken on purpose is seen, prose and URLs are not.

@@ -220,6 +220,29 @@ fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
     outer.start <= inner.start && inner.end <= outer.end && outer.start < outer.end
 }
 
+/// Checks a table of cases, `(input, expected)`: each input for which
+/// `check` gives another result than expected, with both, for the message
+/// of a failed test.
+#[cfg(test)]
+pub(crate) fn mismatches<I, E, G>(
+    cases: impl IntoIterator<Item = (I, E)>,
+    check: impl Fn(&I) -> G,
+) -> Vec<String>
+where
+    I: fmt::Debug,
+    E: fmt::Debug,
+    G: fmt::Debug + PartialEq<E>,
+{
+    cases
+        .into_iter()
+        .filter_map(|(input, expected)| {
+            let got = check(&input);
+            (got != expected)
+                .then(|| format!("{input:?}\n  expected {expected:?}\n  got      {got:?}"))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,25 +187,7 @@ fn ranges(r: &[[u64; 2]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{AlertDraft, AlertState, Reason, Severity};
-
-    fn draft(i: u64) -> AlertDraft {
-        AlertDraft {
-            rule: "hot".into(),
-            sensor: format!("s{i}"),
-            metric: "t".into(),
-            state: AlertState::Firing,
-            severity: Severity::Warning,
-            value: i as f64,
-            threshold: 1.0,
-            ts_ms: 1_700_000_000_000 + i as i64,
-            since_ms: 1_700_000_000_000,
-            message: format!("alert {i}"),
-            labels: Default::default(),
-            actions: Vec::new(),
-            reason: Reason::Transition,
-        }
-    }
+    use crate::rules::AlertDraft;
 
     #[test]
     fn ranges_print_compactly() {
@@ -216,7 +198,7 @@ mod tests {
     fn export_and_list_page_through_every_alert() {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(dir.path()).unwrap().0;
-        let drafts: Vec<_> = (0..2500).map(draft).collect();
+        let drafts: Vec<_> = (0..2500).map(AlertDraft::for_test).collect();
         o.push("gw", &drafts, None).unwrap();
         let mut buf = Vec::new();
         export(&o, &mut buf).unwrap();
@@ -249,7 +231,7 @@ mod tests {
             max_payload: 2048,
             ..crate::outbox::Bounds::DEFAULT
         });
-        let mut d = draft(1);
+        let mut d = AlertDraft::for_test(1);
         d.message = "é".repeat(5000);
         let created = o.push("gw", std::slice::from_ref(&d), None).unwrap();
         let mut buf = Vec::new();

@@ -8,6 +8,45 @@ use super::types::{FlowControl, Parity};
 use super::units::{ByteSize, HumanDuration};
 use crate::payload::Format;
 
+/// Declares a section that connects to a broker: its own keys, the keys
+/// every broker section shares (`client_id` to `key_file`, in this order
+/// for the "expected one of" list of an unknown key), more of its own (with
+/// `url` and `keep_alive` among them), and `broker_keys`, which takes the
+/// shared ones out. A macro because serde's `flatten` does not work with
+/// `deny_unknown_fields` (nor with `Spanned`).
+macro_rules! broker_section {
+    ($name:ident { $($before:ident: $bty:ty,)* } { $($after:ident: $aty:ty,)* }) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(super) struct $name {
+            $(pub(super) $before: $bty,)*
+            pub(super) client_id: Option<Spanned<String>>,
+            pub(super) username: Option<String>,
+            pub(super) password: Option<String>,
+            pub(super) password_file: Option<Spanned<String>>,
+            pub(super) ca_file: Option<Spanned<String>>,
+            pub(super) cert_file: Option<Spanned<String>>,
+            pub(super) key_file: Option<Spanned<String>>,
+            $(pub(super) $after: $aty,)*
+        }
+
+        impl $name {
+            /// The broker keys, taken out; the section's own stay.
+            pub(super) fn broker_keys(&mut self) -> RawBroker {
+                RawBroker {
+                    url: self.url.clone(),
+                    client_id: self.client_id.take(),
+                    username: self.username.take(),
+                    password: self.password.take(),
+                    password_file: self.password_file.take(),
+                    tls: [self.ca_file.take(), self.cert_file.take(), self.key_file.take()],
+                    keep_alive: self.keep_alive.take(),
+                }
+            }
+        }
+    };
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGateway {
@@ -17,21 +56,13 @@ pub(super) struct RawGateway {
     pub(super) log_level: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawUpstream {
-    pub(super) url: Spanned<String>,
-    pub(super) client_id: Option<Spanned<String>>,
-    pub(super) username: Option<String>,
-    pub(super) password: Option<String>,
-    pub(super) password_file: Option<Spanned<String>>,
-    pub(super) ca_file: Option<Spanned<String>>,
-    pub(super) cert_file: Option<Spanned<String>>,
-    pub(super) key_file: Option<Spanned<String>>,
-    pub(super) topic_prefix: Option<Spanned<String>>,
-    pub(super) keep_alive: Option<Spanned<HumanDuration>>,
-    pub(super) max_payload: Option<Spanned<ByteSize>>,
-}
+broker_section!(RawUpstream {
+    url: Spanned<String>,
+} {
+    topic_prefix: Option<Spanned<String>>,
+    keep_alive: Option<Spanned<HumanDuration>>,
+    max_payload: Option<Spanned<ByteSize>>,
+});
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,33 +95,24 @@ pub(super) struct RawSerial {
     pub(super) reopen_after_silence: Option<HumanDuration>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawMqtt {
-    pub(super) name: Option<Spanned<String>>,
-    pub(super) url: Spanned<String>,
-    pub(super) topics: Spanned<Vec<Spanned<String>>>,
-    pub(super) qos: Option<Spanned<u8>>,
-    pub(super) format: Option<Spanned<Format>>,
-    pub(super) sensor: Option<Spanned<String>>,
-    pub(super) metric: Option<Spanned<String>>,
-    pub(super) columns: Option<Spanned<Vec<String>>>,
-    pub(super) client_id: Option<Spanned<String>>,
-    pub(super) username: Option<String>,
-    pub(super) password: Option<String>,
-    pub(super) password_file: Option<Spanned<String>>,
-    pub(super) ca_file: Option<Spanned<String>>,
-    pub(super) cert_file: Option<Spanned<String>>,
-    pub(super) key_file: Option<Spanned<String>>,
-    pub(super) keep_alive: Option<Spanned<HumanDuration>>,
-    pub(super) max_payload: Option<Spanned<ByteSize>>,
-}
+broker_section!(RawMqtt {
+    name: Option<Spanned<String>>,
+    url: Spanned<String>,
+    topics: Spanned<Vec<Spanned<String>>>,
+    qos: Option<Spanned<u8>>,
+    format: Option<Spanned<Format>>,
+    sensor: Option<Spanned<String>>,
+    metric: Option<Spanned<String>>,
+    columns: Option<Spanned<Vec<String>>>,
+} {
+    keep_alive: Option<Spanned<HumanDuration>>,
+    max_payload: Option<Spanned<ByteSize>>,
+});
 
-/// The keys `[upstream]` and `[[mqtt]]` share, taken out of either (each
-/// lists them itself: serde's `flatten` does not work with
-/// `deny_unknown_fields`).
+/// The keys `[upstream]` and `[[mqtt]]` share, taken out of either.
 pub(super) struct RawBroker {
     pub(super) url: Spanned<String>,
+    pub(super) client_id: Option<Spanned<String>>,
     pub(super) username: Option<String>,
     pub(super) password: Option<String>,
     pub(super) password_file: Option<Spanned<String>>,

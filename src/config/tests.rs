@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::files::MemFiles;
 use super::*;
+use crate::diagnostic::mismatches;
 
 const PATH: &str = "/etc/outpost/outpost.toml";
 const RULES: &str = "[[rule]]\nid = \"hot\"\nmetric = \"t\"\nabove = 30\n";
@@ -331,34 +332,22 @@ const WARNINGS: &[(&str, &[&str])] = &[
 #[test]
 fn every_problem_is_reported_at_its_place() {
     let files = files();
-    let mut wrong = Vec::new();
-    for (text, expected) in CASES {
-        let got = problems(text, &files);
-        if got != *expected {
-            wrong.push(format!(
-                "{text:?}\n  expected {expected:?}\n  got      {got:?}"
-            ));
-        }
-    }
+    let wrong = mismatches(CASES.iter().copied(), |text| problems(text, &files));
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]
 fn warnings_leave_the_config_valid_and_name_their_place() {
     let files = files();
-    let mut wrong = Vec::new();
-    for (text, expected) in WARNINGS {
-        let got = match compile(Path::new(PATH), text, &files) {
+    let wrong = mismatches(WARNINGS.iter().copied(), |text| {
+        match compile(Path::new(PATH), text, &files) {
             Ok(c) => c.warnings.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
             Err(d) => vec![format!("refused: {d}")],
-        };
-        let expected: Vec<String> = expected.iter().map(|e| format!("{PATH}:{e}")).collect();
-        if got != expected {
-            wrong.push(format!(
-                "{text:?}\n  expected {expected:?}\n  got      {got:?}"
-            ));
         }
-    }
+        .into_iter()
+        .map(|w| w.replacen(&format!("{PATH}:"), "", 1))
+        .collect::<Vec<_>>()
+    });
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 

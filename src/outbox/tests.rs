@@ -3,23 +3,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use crate::rules::{AlertState, Reason};
 
 fn draft(i: u64, severity: Severity) -> AlertDraft {
     AlertDraft {
-        rule: "hot".into(),
-        sensor: format!("s{i}"),
-        metric: "t".into(),
-        state: AlertState::Firing,
         severity,
-        value: i as f64,
-        threshold: 1.0,
-        ts_ms: 1_700_000_000_000 + i as i64,
-        since_ms: 1_700_000_000_000,
-        message: format!("alert {i}"),
-        labels: Default::default(),
-        actions: Vec::new(),
-        reason: Reason::Transition,
+        ..AlertDraft::for_test(i)
     }
 }
 

@@ -211,3 +211,26 @@ pub struct AlertDraft {
     pub actions: Vec<LocalPublish>,
     pub reason: Reason,
 }
+
+#[cfg(test)]
+impl AlertDraft {
+    /// A plain `firing` draft of rule `hot` for sensor `s{i}`, `warning`,
+    /// message `alert {i}`: for the tests of the components it flows to.
+    pub(crate) fn for_test(i: u64) -> AlertDraft {
+        AlertDraft {
+            rule: "hot".into(),
+            sensor: format!("s{i}"),
+            metric: "t".into(),
+            state: AlertState::Firing,
+            severity: Severity::Warning,
+            value: i as f64,
+            threshold: 1.0,
+            ts_ms: 1_700_000_000_000 + i as i64,
+            since_ms: 1_700_000_000_000,
+            message: format!("alert {i}"),
+            labels: BTreeMap::new(),
+            actions: Vec::new(),
+            reason: Reason::Transition,
+        }
+    }
+}

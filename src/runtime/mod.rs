@@ -97,31 +97,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sources = JoinSet::new();
     let mut action_routes: HashMap<String, mpsc::Sender<LocalPublish>> = HashMap::new();
 
+    // What every source task is given: the readings channel, its counters
+    // (by name and kind), and the stop signal.
+    let ctx = |name: &str, kind: &'static str| SourceContext {
+        readings: readings_tx.clone(),
+        counters: telemetry.source(name, kind),
+        cancel: sources_cancel.clone(),
+    };
     for cfg in config.serial.clone() {
-        let ctx = source_context(
-            &readings_tx,
-            &telemetry,
-            &sources_cancel,
-            &cfg.name,
-            "serial",
-        );
-        sources.spawn(source::serial::run(cfg, ctx));
+        let c = ctx(&cfg.name, "serial");
+        sources.spawn(source::serial::run(cfg, c));
     }
     for cfg in config.mqtt.clone() {
-        let ctx = source_context(&readings_tx, &telemetry, &sources_cancel, &cfg.name, "mqtt");
+        let c = ctx(&cfg.name, "mqtt");
         let (tx, rx) = mpsc::channel(64);
         action_routes.insert(cfg.name.clone(), tx);
-        sources.spawn(source::mqtt::run(cfg, ctx, rx));
+        sources.spawn(source::mqtt::run(cfg, c, rx));
     }
     for cfg in config.simulate.clone() {
-        let ctx = source_context(
-            &readings_tx,
-            &telemetry,
-            &sources_cancel,
-            &cfg.name,
-            "simulate",
-        );
-        sources.spawn(source::simulate::run(cfg, ctx));
+        let c = ctx(&cfg.name, "simulate");
+        sources.spawn(source::simulate::run(cfg, c));
     }
     drop(readings_tx);
 
@@ -219,18 +214,4 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("final outbox flush")?;
     info!(waiting = outbox.depth(), "outpost stopped");
     Ok(())
-}
-
-fn source_context(
-    readings: &mpsc::Sender<Vec<Reading>>,
-    telemetry: &Telemetry,
-    cancel: &CancellationToken,
-    name: &str,
-    kind: &'static str,
-) -> SourceContext {
-    SourceContext {
-        readings: readings.clone(),
-        counters: telemetry.source(name, kind),
-        cancel: cancel.clone(),
-    }
 }

@@ -504,23 +504,12 @@ fn publishable(stored: Vec<u8>, alert: &Alert, max_payload: usize) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::outbox::Bounds;
-    use crate::rules::{AlertDraft, Reason, Severity};
+    use crate::rules::AlertDraft;
 
     fn draft(message: String) -> AlertDraft {
         AlertDraft {
-            rule: "hot".into(),
-            sensor: "t1".into(),
-            metric: "t".into(),
-            state: AlertState::Firing,
-            severity: Severity::Warning,
-            value: 31.0,
-            threshold: 30.0,
-            ts_ms: 1_700_000_000_000,
-            since_ms: 1_700_000_000_000,
             message,
-            labels: Default::default(),
-            actions: Vec::new(),
-            reason: Reason::Transition,
+            ..AlertDraft::for_test(1)
         }
     }
 

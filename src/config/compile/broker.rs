@@ -18,10 +18,21 @@ use crate::tls::{self, Pem, TlsError, TlsFiles};
 const TLS_KEYS: [&str; 3] = ["ca_file", "cert_file", "key_file"];
 
 impl Compiler<'_, '_> {
-    /// The broker of one section; `None` (with diagnostics) when any of its
-    /// keys is wrong.
-    pub(super) fn broker(&mut self, raw: RawBroker, client_id: String) -> Option<BrokerConfig> {
+    /// The broker of one section (`who`, for messages); `None` (with
+    /// diagnostics) when any of its keys is wrong. Its client id must be
+    /// unique per broker.
+    pub(super) fn broker(
+        &mut self,
+        raw: RawBroker,
+        default_client_id: String,
+        who: String,
+    ) -> Option<BrokerConfig> {
         let url = &raw.url;
+        let client_id_span = raw
+            .client_id
+            .as_ref()
+            .map_or_else(|| url.span(), Spanned::span);
+        let client_id = raw.client_id.map_or(default_client_id, Spanned::into_inner);
         let parsed = match BrokerUrl::parse(url.get_ref()) {
             Ok(u) => Some(u),
             Err(e) => {
@@ -62,6 +73,7 @@ impl Compiler<'_, '_> {
             self.err(span, e.to_string());
             return None;
         }
+        self.unique_client_id(&cfg.url, &cfg.client_id, who, client_id_span);
         Some(cfg)
     }
 

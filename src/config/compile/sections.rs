@@ -9,8 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::super::raw::{
-    RawBroker, RawGateway, RawHomeAssistant, RawHttp, RawMqtt, RawOutbox, RawSerial, RawSimulate,
-    RawUpstream,
+    RawGateway, RawHomeAssistant, RawHttp, RawMqtt, RawOutbox, RawSerial, RawSimulate, RawUpstream,
 };
 use super::super::units;
 use super::super::{
@@ -80,17 +79,11 @@ impl Compiler<'_, '_> {
 
     pub(super) fn upstream(
         &mut self,
-        raw: RawUpstream,
+        mut raw: RawUpstream,
         gw: Option<&str>,
     ) -> Option<UpstreamConfig> {
         let gw = gw.unwrap_or("gateway");
-        let client_id_span = raw
-            .client_id
-            .as_ref()
-            .map_or_else(|| raw.url.span(), Spanned::span);
-        let client_id = raw
-            .client_id
-            .map_or_else(|| format!("outpost-{gw}"), Spanned::into_inner);
+        let keys = raw.broker_keys();
         let prefix = match raw.topic_prefix {
             Some(p) => {
                 if let Err(e) = topic::validate_prefix(p.get_ref()) {
@@ -109,17 +102,7 @@ impl Compiler<'_, '_> {
             Some(m) => m.into_inner().0 as usize,
             None => DEFAULT_MAX_PAYLOAD,
         };
-        let keys = RawBroker {
-            url: raw.url,
-            username: raw.username,
-            password: raw.password,
-            password_file: raw.password_file,
-            tls: [raw.ca_file, raw.cert_file, raw.key_file],
-            keep_alive: raw.keep_alive,
-        };
-        let broker = self.broker(keys, client_id)?;
-        let who = "[upstream]".to_string();
-        self.unique_client_id(&broker.url, &broker.client_id, who, client_id_span);
+        let broker = self.broker(keys, format!("outpost-{gw}"), "[upstream]".into())?;
         Some(UpstreamConfig {
             broker,
             topic_prefix: prefix,
@@ -309,10 +292,11 @@ impl Compiler<'_, '_> {
 
     pub(super) fn mqtt(
         &mut self,
-        raw: RawMqtt,
+        mut raw: RawMqtt,
         i: usize,
         gw: Option<&str>,
     ) -> Option<MqttSourceConfig> {
+        let keys = raw.broker_keys();
         let mut ok = true;
         let name = raw
             .name
@@ -340,54 +324,16 @@ impl Compiler<'_, '_> {
         });
         let format = raw.format.map_or(Format::Json, Spanned::into_inner);
         let columns = self.columns(format, raw.columns, &mut ok);
-        let sensor = match raw.sensor {
-            Some(t) => match SensorTemplate::parse(t.get_ref()) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.err(t.span(), e);
-                    ok = false;
-                    SensorTemplate::whole_topic()
-                }
-            },
-            None => SensorTemplate::whole_topic(),
-        };
-        let metric = match raw.metric {
-            Some(t) => match SensorTemplate::parse(t.get_ref()) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.err(t.span(), e);
-                    ok = false;
-                    SensorTemplate::literal("value")
-                }
-            },
-            None => SensorTemplate::literal("value"),
-        };
+        let sensor = self.template(raw.sensor, SensorTemplate::whole_topic(), &mut ok);
+        let metric = self.template(raw.metric, SensorTemplate::literal("value"), &mut ok);
         let max_payload = raw
             .max_payload
             .map_or(64 << 10, |m| m.into_inner().0 as usize);
-        let client_id_span = raw
-            .client_id
-            .as_ref()
-            .map_or_else(|| raw.url.span(), Spanned::span);
-        let client_id = raw.client_id.map_or_else(
-            || format!("outpost-{}-{}", gw.unwrap_or("gateway"), name.get_ref()),
-            Spanned::into_inner,
-        );
-        let keys = RawBroker {
-            url: raw.url,
-            username: raw.username,
-            password: raw.password,
-            password_file: raw.password_file,
-            tls: [raw.ca_file, raw.cert_file, raw.key_file],
-            keep_alive: raw.keep_alive,
-        };
-        let broker = self.broker(keys, client_id)?;
-        self.unique_client_id(
-            &broker.url,
-            &broker.client_id,
+        let broker = self.broker(
+            keys,
+            format!("outpost-{}-{}", gw.unwrap_or("gateway"), name.get_ref()),
             format!("[[mqtt]] `{}`", name.get_ref()),
-            client_id_span,
-        );
+        )?;
         ok.then(|| MqttSourceConfig {
             name: name.into_inner(),
             broker,
@@ -420,6 +366,21 @@ impl Compiler<'_, '_> {
             amplitude: raw.amplitude.unwrap_or(8.0),
             period: raw.period.map_or(Duration::from_secs(120), |d| d.0),
             noise: raw.noise.unwrap_or(0.3),
+        })
+    }
+
+    /// A `sensor` or `metric` template over topic levels, or `default`.
+    fn template(
+        &mut self,
+        t: Option<Spanned<String>>,
+        default: SensorTemplate,
+        ok: &mut bool,
+    ) -> SensorTemplate {
+        let Some(t) = t else { return default };
+        SensorTemplate::parse(t.get_ref()).unwrap_or_else(|e| {
+            self.err(t.span(), e);
+            *ok = false;
+            default
         })
     }
 }

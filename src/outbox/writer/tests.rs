@@ -1,29 +1,10 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
-use crate::rules::{AlertState, Reason, Severity};
-
-fn draft(i: u64) -> AlertDraft {
-    AlertDraft {
-        rule: "hot".into(),
-        sensor: format!("s{i}"),
-        metric: "t".into(),
-        state: AlertState::Firing,
-        severity: Severity::Warning,
-        value: i as f64,
-        threshold: 1.0,
-        ts_ms: 1_700_000_000_000,
-        since_ms: 1_700_000_000_000,
-        message: format!("alert {i}"),
-        labels: Default::default(),
-        actions: Vec::new(),
-        reason: Reason::Transition,
-    }
-}
 
 fn batch(i: u64) -> Batch {
     Batch {
-        drafts: vec![draft(i)],
+        drafts: vec![AlertDraft::for_test(i)],
         rules_state: None,
     }
 }

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use super::{AlertDraft, Rule, Severity};
 use crate::reading::{Now, Reading};
 use index::Index;
-use pair::{LiveRule, Pair, Phase, pair_deadline, resolve_all, run_timers, step};
+use pair::{At, LiveRule, Pair, firing_pairs, pair_deadline, resolve_all, run_timers, step};
 pub use snapshot::{EngineSnapshot, PairSnapshot, PhaseSnapshot, RuleSnapshot, SeenSnapshot};
 
 /// Window samples kept per pair; the oldest are dropped beyond this.
@@ -200,7 +200,7 @@ impl Engine {
                 .and_then(|m| m.get_mut(&r.metric))
             {
                 Some(pair) => {
-                    step(&live.rule, &r.sensor, &r.metric, r.value, pair, now, out);
+                    step(At::reading(&live.rule, r, now), r.value, pair, out);
                     let (idle, deadline) = (pair.is_idle(), pair_deadline(&live.rule, pair));
                     if idle {
                         live.remove(&r.sensor, &r.metric);
@@ -212,17 +212,14 @@ impl Engine {
                     if live.pair_count >= MAX_PAIRS_PER_RULE {
                         // Only a reading that needs no state may pass.
                         let mut probe = Vec::new();
-                        step(
-                            &live.rule, &r.sensor, &r.metric, r.value, &mut pair, now, &mut probe,
-                        );
+                        let at = At::reading(&live.rule, r, now);
+                        step(at, r.value, &mut pair, &mut probe);
                         if !pair.is_idle() {
                             self.pairs_refused = self.pairs_refused.saturating_add(1);
                         }
                         continue;
                     }
-                    step(
-                        &live.rule, &r.sensor, &r.metric, r.value, &mut pair, now, out,
-                    );
+                    step(At::reading(&live.rule, r, now), r.value, &mut pair, out);
                     let deadline = pair_deadline(&live.rule, &pair);
                     if !pair.is_idle() {
                         live.insert(&r.sensor, &r.metric, pair);
@@ -245,7 +242,13 @@ impl Engine {
         for live in &mut self.live {
             for (sensor, metrics) in &mut live.pairs {
                 for (metric, pair) in metrics {
-                    run_timers(&live.rule, sensor, metric, pair, now, true, out);
+                    let at = At {
+                        rule: &live.rule,
+                        sensor,
+                        metric,
+                        now,
+                    };
+                    run_timers(at, pair, true, out);
                 }
             }
         }
@@ -288,31 +291,22 @@ impl Engine {
 
     /// Every firing pair, in rule order.
     pub fn firing(&self) -> Vec<FiringInfo> {
-        let mut v = Vec::new();
-        for live in &self.live {
-            for (sensor, metrics) in &live.pairs {
-                for (metric, pair) in metrics {
-                    if let Phase::Firing {
-                        since_wall,
+        self.live
+            .iter()
+            .flat_map(|live| {
+                firing_pairs(&live.pairs).map(|(sensor, metric, (value, threshold), since_ms)| {
+                    FiringInfo {
+                        rule: live.rule.id.clone(),
+                        sensor: sensor.to_string(),
+                        metric: metric.to_string(),
+                        severity: live.rule.severity,
+                        since_ms,
                         value,
                         threshold,
-                        ..
-                    } = pair.phase
-                    {
-                        v.push(FiringInfo {
-                            rule: live.rule.id.clone(),
-                            sensor: sensor.clone(),
-                            metric: metric.clone(),
-                            severity: live.rule.severity,
-                            since_ms: since_wall,
-                            value,
-                            threshold,
-                        });
                     }
-                }
-            }
-        }
-        v
+                })
+            })
+            .collect()
     }
 
     pub fn rule_count(&self) -> usize {

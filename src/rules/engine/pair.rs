@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use super::condition::{tested_value, verdict, window_ms};
 use super::draft::{AlertFacts, draft};
 use super::{MAX_SAMPLES_PER_PAIR, Mono, elapsed, mono, ms, seconds};
-use crate::reading::Now;
+use crate::reading::{Now, Reading};
 use crate::rules::{AlertDraft, AlertState, Condition, Reason, Rule};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,19 +132,88 @@ pub(super) fn pair_deadline(rule: &Rule, pair: &Pair) -> Option<Mono> {
     }
 }
 
-/// Fires whatever is due at `now` for one pair, and with `repeats` also
+/// One pair of one rule at one instant: what every alert it emits names.
+#[derive(Clone, Copy)]
+pub(super) struct At<'a> {
+    pub(super) rule: &'a Rule,
+    pub(super) sensor: &'a str,
+    pub(super) metric: &'a str,
+    pub(super) now: Now,
+}
+
+impl<'a> At<'a> {
+    /// The pair a reading belongs to.
+    pub(super) fn reading(rule: &'a Rule, r: &'a Reading, now: Now) -> Self {
+        At {
+            rule,
+            sensor: &r.sensor,
+            metric: &r.metric,
+            now,
+        }
+    }
+
+    /// Emits `firing` (a transition or a repeat) and puts the pair in
+    /// `Firing`, last sent now.
+    fn fire(
+        &self,
+        pair: &mut Pair,
+        reason: Reason,
+        (value, threshold): (f64, f64),
+        since_wall: i64,
+        out: &mut Vec<AlertDraft>,
+    ) {
+        self.emit(
+            AlertState::Firing,
+            reason,
+            (value, threshold),
+            since_wall,
+            out,
+        );
+        pair.phase = Phase::Firing {
+            since_wall,
+            value,
+            threshold,
+            last_sent: mono(self.now),
+        };
+    }
+
+    /// Emits `resolved`; the caller decides what becomes of the pair.
+    fn resolve(
+        &self,
+        reason: Reason,
+        tested: (f64, f64),
+        since_wall: i64,
+        out: &mut Vec<AlertDraft>,
+    ) {
+        self.emit(AlertState::Resolved, reason, tested, since_wall, out);
+    }
+
+    fn emit(
+        &self,
+        state: AlertState,
+        reason: Reason,
+        (value, threshold): (f64, f64),
+        since_wall: i64,
+        out: &mut Vec<AlertDraft>,
+    ) {
+        let facts = AlertFacts {
+            sensor: self.sensor,
+            metric: self.metric,
+            state,
+            reason,
+            value,
+            threshold,
+            since_wall,
+        };
+        out.push(draft(self.rule, facts, self.now));
+    }
+}
+
+/// Fires whatever is due at `at.now` for one pair, and with `repeats` also
 /// re-sends due repeats. Readings run timers without repeats: a repeat due
 /// just as a reading resolves the pair would only be noise.
-pub(super) fn run_timers(
-    rule: &Rule,
-    sensor: &str,
-    metric: &str,
-    pair: &mut Pair,
-    now: Now,
-    repeats: bool,
-    out: &mut Vec<AlertDraft>,
-) {
-    let t = mono(now);
+pub(super) fn run_timers(at: At<'_>, pair: &mut Pair, repeats: bool, out: &mut Vec<AlertDraft>) {
+    let (rule, t) = (at.rule, mono(at.now));
     match pair.phase {
         Phase::Pending {
             start,
@@ -152,25 +221,13 @@ pub(super) fn run_timers(
             value,
             threshold,
         } if elapsed(start, t) >= rule.for_ms => {
-            out.push(draft(
-                rule,
-                AlertFacts {
-                    sensor,
-                    metric,
-                    state: AlertState::Firing,
-                    reason: Reason::Transition,
-                    value,
-                    threshold,
-                    since_wall,
-                },
-                now,
-            ));
-            pair.phase = Phase::Firing {
+            at.fire(
+                pair,
+                Reason::Transition,
+                (value, threshold),
                 since_wall,
-                value,
-                threshold,
-                last_sent: t,
-            };
+                out,
+            );
         }
         Phase::Firing {
             since_wall,
@@ -188,25 +245,7 @@ pub(super) fn run_timers(
                 (Condition::Silent { .. }, Some(seen)) => seconds(elapsed(seen.at, t)),
                 _ => value,
             };
-            out.push(draft(
-                rule,
-                AlertFacts {
-                    sensor,
-                    metric,
-                    state: AlertState::Firing,
-                    reason: Reason::Repeat,
-                    value,
-                    threshold,
-                    since_wall,
-                },
-                now,
-            ));
-            pair.phase = Phase::Firing {
-                since_wall,
-                value,
-                threshold,
-                last_sent: t,
-            };
+            at.fire(pair, Reason::Repeat, (value, threshold), since_wall, out);
         }
         Phase::Ok => {
             let (Condition::Silent { after_ms }, Some(seen)) = (&rule.condition, pair.seen) else {
@@ -216,43 +255,17 @@ pub(super) fn run_timers(
             if silent_for < *after_ms {
                 return;
             }
-            let (value, threshold) = (seconds(silent_for), seconds(*after_ms));
-            out.push(draft(
-                rule,
-                AlertFacts {
-                    sensor,
-                    metric,
-                    state: AlertState::Firing,
-                    reason: Reason::Transition,
-                    value,
-                    threshold,
-                    since_wall: seen.wall,
-                },
-                now,
-            ));
-            pair.phase = Phase::Firing {
-                since_wall: seen.wall,
-                value,
-                threshold,
-                last_sent: t,
-            };
+            let tested = (seconds(silent_for), seconds(*after_ms));
+            at.fire(pair, Reason::Transition, tested, seen.wall, out);
         }
         Phase::Pending { .. } => {}
     }
 }
 
-/// Applies one reading to one pair (timers due at `now` first).
-pub(super) fn step(
-    rule: &Rule,
-    sensor: &str,
-    metric: &str,
-    value: f64,
-    pair: &mut Pair,
-    now: Now,
-    out: &mut Vec<AlertDraft>,
-) {
-    run_timers(rule, sensor, metric, pair, now, false, out);
-    let t = mono(now);
+/// Applies one reading to one pair (timers due at `at.now` first).
+pub(super) fn step(at: At<'_>, value: f64, pair: &mut Pair, out: &mut Vec<AlertDraft>) {
+    run_timers(at, pair, false, out);
+    let (rule, now, t) = (at.rule, at.now, mono(at.now));
 
     if let Condition::Silent { after_ms } = rule.condition {
         if let Phase::Firing {
@@ -262,19 +275,12 @@ pub(super) fn step(
         } = pair.phase
         {
             let gap = pair.seen.map_or(after_ms, |s| elapsed(s.at, t));
-            out.push(draft(
-                rule,
-                AlertFacts {
-                    sensor,
-                    metric,
-                    state: AlertState::Resolved,
-                    reason: Reason::Transition,
-                    value: seconds(gap),
-                    threshold,
-                    since_wall,
-                },
-                now,
-            ));
+            at.resolve(
+                Reason::Transition,
+                (seconds(gap), threshold),
+                since_wall,
+                out,
+            );
             pair.phase = Phase::Ok;
         }
         pair.seen = Some(Seen {
@@ -311,7 +317,7 @@ pub(super) fn step(
                     threshold: bound,
                 };
                 // Fires at once when for_ms is 0.
-                run_timers(rule, sensor, metric, pair, now, false, out);
+                run_timers(at, pair, false, out);
             }
         }
         Phase::Pending {
@@ -333,58 +339,53 @@ pub(super) fn step(
             last_sent,
             ..
         } => {
-            if verdict.clears {
-                out.push(draft(
-                    rule,
-                    AlertFacts {
-                        sensor,
-                        metric,
-                        state: AlertState::Resolved,
-                        reason: Reason::Transition,
-                        value: x,
-                        threshold,
-                        since_wall,
-                    },
-                    now,
-                ));
-                pair.phase = Phase::Ok;
+            pair.phase = if verdict.clears {
+                at.resolve(Reason::Transition, (x, threshold), since_wall, out);
+                Phase::Ok
             } else {
-                pair.phase = Phase::Firing {
+                Phase::Firing {
                     since_wall,
                     value: x,
                     threshold,
                     last_sent,
-                };
-            }
+                }
+            };
         }
     }
 }
 
+/// The firing pairs of one rule, by sensor then metric: each with its
+/// last `(value, threshold)` and since when it fires (wall ms).
+pub(super) fn firing_pairs(pairs: &Pairs) -> impl Iterator<Item = (&str, &str, (f64, f64), i64)> {
+    pairs.iter().flat_map(|(sensor, metrics)| {
+        metrics
+            .iter()
+            .filter_map(move |(metric, pair)| match pair.phase {
+                Phase::Firing {
+                    since_wall,
+                    value,
+                    threshold,
+                    ..
+                } => Some((
+                    sensor.as_str(),
+                    metric.as_str(),
+                    (value, threshold),
+                    since_wall,
+                )),
+                _ => None,
+            })
+    })
+}
+
 /// Emits `resolved` for every firing pair of a rule that is going away.
 pub(super) fn resolve_all(rule: &Rule, pairs: &Pairs, now: Now, out: &mut Vec<AlertDraft>) {
-    for (sensor, metrics) in pairs {
-        for (metric, pair) in metrics {
-            if let Phase::Firing {
-                since_wall,
-                value,
-                threshold,
-                ..
-            } = pair.phase
-            {
-                out.push(draft(
-                    rule,
-                    AlertFacts {
-                        sensor,
-                        metric,
-                        state: AlertState::Resolved,
-                        reason: Reason::RuleChanged,
-                        value,
-                        threshold,
-                        since_wall,
-                    },
-                    now,
-                ));
-            }
-        }
+    for (sensor, metric, tested, since_wall) in firing_pairs(pairs) {
+        let at = At {
+            rule,
+            sensor,
+            metric,
+            now,
+        };
+        at.resolve(Reason::RuleChanged, tested, since_wall, out);
     }
 }
