@@ -262,8 +262,33 @@ fn without_test_module(code: &str) -> String {
 
 /// Every module path the code names from the crate root: `crate::a::b::C`
 /// gives `[a, b, C]`; `crate::{a, b::c}` gives `[a]` and `[b, c]`;
-/// `super::` chains are resolved from the file's module.
+/// `super::` chains are resolved from the file's module; and after
+/// `use crate::a` (or `crate::a::{self}`), `a::b::C` gives `[a, b, C]` too.
 fn crate_paths(file: &File) -> Vec<Vec<String>> {
+    let mut out = rooted_paths(file);
+    let aliases: BTreeSet<String> = out
+        .iter()
+        .filter(|p| p.len() == 1 || (p.len() == 2 && p[1] == "self"))
+        .map(|p| p[0].clone())
+        .filter(|a| file.top() != Some(a.as_str()))
+        .collect();
+    let chars: Vec<char> = file.code.chars().collect();
+    for alias in aliases {
+        let needle = format!("{alias}::");
+        for (at, _) in file.code.match_indices(&needle) {
+            let before = file.code[..at].chars().next_back();
+            if is_ident(before) || before == Some(':') {
+                continue;
+            }
+            let mut i = file.code[..at].chars().count();
+            out.extend(path_tree(&chars, &mut i, Vec::new()));
+        }
+    }
+    out
+}
+
+/// The paths that start at `crate::` or `super::`.
+fn rooted_paths(file: &File) -> Vec<Vec<String>> {
     let code = &file.code;
     let mut out = Vec::new();
     let bytes: Vec<char> = code.chars().collect();
@@ -600,7 +625,8 @@ fn the_scanner_sees_paths_through_groups_and_super_but_not_in_comments_or_string
                 let s = \"crate::quoted mqtt://host\"; let c = '\"';\n\
                 use super::super::epsilon::Zeta;\n\
                 /* crate::blocked /* nested */ */ fn f<'a>(x: &'a str) {}\n\
-                use crate::omega;\n";
+                use crate::omega;\n\
+                omega::sub::Item::new(); x::omega::no();\n";
     let f = File {
         rel: "one/two/three.rs".into(),
         module: module_path("one/two/three.rs"),
@@ -615,7 +641,8 @@ fn the_scanner_sees_paths_through_groups_and_super_but_not_in_comments_or_string
             "beta::gamma",
             "beta::Delta",
             "one::epsilon::Zeta",
-            "omega"
+            "omega",
+            "omega::sub::Item::new"
         ]
     );
     let cycle: BTreeMap<String, BTreeSet<String>> = [

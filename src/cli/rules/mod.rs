@@ -3,7 +3,7 @@
 //! reading and printing live here, the rule unit test format in
 //! [`testfile`]; the simulation is `rules::replay`.
 
-pub mod testfile;
+mod testfile;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
