@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 use crate::alert::DEFAULT_MAX_PAYLOAD;
 use crate::config::Config;
 use crate::evaluator::{Control, Evaluator, Links};
+use crate::http::HttpState;
 use crate::outbox::{Batch, Bounds, OpenEvent, Outbox, Writer};
 use crate::reading::{Clock, Reading};
 use crate::rules::LocalPublish;
@@ -53,26 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     telemetry
         .rules_loaded
         .store(config.rules.len() as u64, Ordering::Relaxed);
-    let state_dir = config.gateway.state_dir.clone();
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
-    let (outbox, event) = tokio::task::spawn_blocking(move || Outbox::open(&state_dir))
-        .await
-        .context("outbox open task")??;
-    if let Some(OpenEvent::Replaced { moved_to, reason }) = &event {
-        error!(moved_to = %moved_to.display(), %reason, "the outbox database was corrupt; moved it aside and started a fresh one");
-        Telemetry::bump(&telemetry.outbox_errors);
-    }
-    outbox.set_bounds(Bounds {
-        max_bytes: config.outbox.max_bytes,
-        max_age: Some(config.outbox.max_age).filter(|a| !a.is_zero()),
-        // Stored is published: alerts are cut to the upstream's limit at push.
-        max_payload: config
-            .upstream
-            .as_ref()
-            .map_or(DEFAULT_MAX_PAYLOAD, |u| u.max_payload),
-    });
-    let outbox = Arc::new(outbox);
+    let outbox = open_outbox(&config, &telemetry).await?;
     info!(
         gateway = %config.gateway.id,
         outbox = %outbox.path().display(),
@@ -154,22 +136,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_task = match config.http.listen {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
-                let state = Arc::new(crate::http::HttpState {
-                    gateway: config.gateway.id.clone(),
-                    upstream: config
-                        .upstream
-                        .as_ref()
-                        .map(|u| (u.broker.url.to_string(), u.topic_prefix.clone())),
-                    outbox: outbox.clone(),
-                    telemetry: telemetry.clone(),
-                    clock,
-                    stall_after: crate::http::STALL_AFTER,
-                });
-                Some(tokio::spawn(crate::http::serve(
-                    listener,
-                    state,
-                    http_cancel.clone(),
-                )))
+                let state = http_state(&config, &outbox, &telemetry, clock);
+                let serve = crate::http::serve(listener, state, http_cancel.clone());
+                Some(tokio::spawn(serve))
             }
             Err(e) => {
                 // The alerts matter more than their dashboard: run without it.
@@ -214,4 +183,50 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("final outbox flush")?;
     info!(waiting = outbox.depth(), "outpost stopped");
     Ok(())
+}
+
+/// Opens (or creates) the outbox under `state_dir`, with the configured
+/// bounds. A corrupt database is moved aside by the outbox; that is logged
+/// and counted here.
+async fn open_outbox(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Arc<Outbox>> {
+    let state_dir = config.gateway.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+    let (outbox, event) = tokio::task::spawn_blocking(move || Outbox::open(&state_dir))
+        .await
+        .context("outbox open task")??;
+    if let Some(OpenEvent::Replaced { moved_to, reason }) = &event {
+        error!(moved_to = %moved_to.display(), %reason, "the outbox database was corrupt; moved it aside and started a fresh one");
+        Telemetry::bump(&telemetry.outbox_errors);
+    }
+    outbox.set_bounds(Bounds {
+        max_bytes: config.outbox.max_bytes,
+        max_age: Some(config.outbox.max_age).filter(|a| !a.is_zero()),
+        // Stored is published: alerts are cut to the upstream's limit at push.
+        max_payload: config
+            .upstream
+            .as_ref()
+            .map_or(DEFAULT_MAX_PAYLOAD, |u| u.max_payload),
+    });
+    Ok(Arc::new(outbox))
+}
+
+/// What the HTTP handlers read.
+fn http_state(
+    config: &Config,
+    outbox: &Arc<Outbox>,
+    telemetry: &Arc<Telemetry>,
+    clock: Clock,
+) -> Arc<HttpState> {
+    Arc::new(HttpState {
+        gateway: config.gateway.id.clone(),
+        upstream: config
+            .upstream
+            .as_ref()
+            .map(|u| (u.broker.url.to_string(), u.topic_prefix.clone())),
+        outbox: outbox.clone(),
+        telemetry: telemetry.clone(),
+        clock,
+        stall_after: crate::http::STALL_AFTER,
+    })
 }
