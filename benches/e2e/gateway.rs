@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::broker::{find_program, free_port};
+use crate::process::{find_program, free_port};
 use crate::workload::{ABOVE, CLEAR};
 
 #[derive(Clone, Debug)]
@@ -29,35 +29,40 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// (label, where its alerts arrive upstream, its retained status topic
+    /// (`online` once connected), its client id on the local broker (ready
+    /// once subscribed there)).
+    fn names(&self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Kind::Outpost { .. } => (
+                "outpost",
+                "outpost/bench/alerts/#",
+                "outpost/bench/status",
+                "outpost-bench-local",
+            ),
+            Kind::NodeRed { .. } => (
+                "Node-RED",
+                "nodered/bench/alerts/#",
+                "nodered/bench/status",
+                "nodered-bench-local",
+            ),
+        }
+    }
+
     pub fn label(&self) -> &'static str {
-        match self {
-            Kind::Outpost { .. } => "outpost",
-            Kind::NodeRed { .. } => "Node-RED",
-        }
+        self.names().0
     }
 
-    /// Where its alerts arrive upstream.
     pub fn alerts_filter(&self) -> &'static str {
-        match self {
-            Kind::Outpost { .. } => "outpost/bench/alerts/#",
-            Kind::NodeRed { .. } => "nodered/bench/alerts/#",
-        }
+        self.names().1
     }
 
-    /// Retained `online` upstream once connected.
     pub fn status_topic(&self) -> &'static str {
-        match self {
-            Kind::Outpost { .. } => "outpost/bench/status",
-            Kind::NodeRed { .. } => "nodered/bench/status",
-        }
+        self.names().2
     }
 
-    /// Its client id on the local broker (ready once subscribed there).
     pub fn local_client(&self) -> &'static str {
-        match self {
-            Kind::Outpost { .. } => "outpost-bench-local",
-            Kind::NodeRed { .. } => "nodered-bench-local",
-        }
+        self.names().3
     }
 }
 
