@@ -645,15 +645,41 @@ async fn run(o: Opts) -> ExitCode {
     }
     // The smoke test's verdict: every alert arrived (duplicates not
     // counted), left the outbox, and outpost stopped cleanly saying so.
-    let outpost_ok = [&outpost.sparse, &outpost.heavy, &outpost.latency]
-        .iter()
-        .all(|r| {
-            r.as_ref()
-                .is_none_or(|r| r.complete && r.clean_stop && r.waiting_at_stop == Some(0))
-        });
-    if errors.is_empty() && outpost_ok && limits.iter().all(|l| l.complete) {
+    let mut failed: Vec<String> = Vec::new();
+    for (name, run) in [
+        ("1 %", &outpost.sparse),
+        ("alert-heavy", &outpost.heavy),
+        ("latency", &outpost.latency),
+    ] {
+        let Some(r) = run else { continue };
+        if !r.complete {
+            failed.push(format!(
+                "outpost {name}: incomplete, {}/{} alerts, done = {}",
+                r.alerts_received, r.alerts_expected, r.done_by
+            ));
+        }
+        if !r.clean_stop {
+            failed.push(format!("outpost {name}: did not stop cleanly on SIGTERM"));
+        }
+        match r.waiting_at_stop {
+            Some(0) => {}
+            Some(w) => failed.push(format!("outpost {name}: {w} alerts left in the outbox")),
+            None => failed.push(format!(
+                "outpost {name}: no \"outpost stopped waiting=N\" line in its log"
+            )),
+        }
+    }
+    for (i, l) in limits.iter().enumerate() {
+        if !l.complete {
+            failed.push(format!("limit #{}: incomplete", i + 1));
+        }
+    }
+    if errors.is_empty() && failed.is_empty() {
         ExitCode::SUCCESS
     } else {
+        for f in &failed {
+            eprintln!("e2e: {f}");
+        }
         eprintln!("e2e: FAILED (incomplete runs or errors above)");
         ExitCode::FAILURE
     }
