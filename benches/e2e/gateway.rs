@@ -104,7 +104,49 @@ return {
 "#;
 
 impl Gateway {
+    /// Starts a gateway. outpost's HTTP port is picked free, then bound by
+    /// outpost: when someone took it meanwhile (outpost logs that it cannot
+    /// listen), it starts again on another.
     pub fn start(kind: &Kind, local_port: u16, up_port: u16) -> Result<Gateway, String> {
+        let mut taken = Vec::new();
+        for _ in 0..5 {
+            let mut gw = Gateway::start_once(kind, local_port, up_port)?;
+            match gw.http_listening() {
+                Ok(()) => return Ok(gw),
+                Err(e) => taken.push(e),
+            }
+        }
+        Err(format!(
+            "{} found no free HTTP port: {}",
+            kind.label(),
+            taken.join("; ")
+        ))
+    }
+
+    /// Waits for outpost to log that its HTTP endpoint listens; `Err` when
+    /// it says the port is taken. (Anything else, a gateway that never gets
+    /// ready, is for the caller's readiness wait to report.)
+    fn http_listening(&mut self) -> Result<(), String> {
+        let Some(port) = self.http_port else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = self.log();
+            if log.contains("HTTP: /metrics") {
+                return Ok(());
+            }
+            if log.contains("cannot listen for HTTP") {
+                return Err(format!("port {port} was taken"));
+            }
+            if self.exited() || Instant::now() >= deadline {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn start_once(kind: &Kind, local_port: u16, up_port: u16) -> Result<Gateway, String> {
         let dir = tempfile::Builder::new()
             .prefix("outpost-bench-gw-")
             .tempdir()
