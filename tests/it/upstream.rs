@@ -332,6 +332,7 @@ fn a_wrong_password_is_refused_plainly_retried_with_backoff_and_never_logged() {
     let gaps = proxy.attempt_gaps(5, Duration::from_secs(20));
     assert_backs_off(&gaps);
     gw.stop();
+    sub.barrier("outpost/test-gw/alerts/barrier");
     assert!(sub.messages().is_empty(), "nothing passes a refused login");
 
     let out = run_outpost(dir.path(), &["check", "--config", "outpost.toml"]);

@@ -6,8 +6,9 @@
 //! `outpost` binary itself (`gateway`), a TCP proxy between the gateway and
 //! its broker that can break the link in the ways real links break
 //! (`proxy`), MQTT clients that observe what arrives (`subscriber`),
-//! certificates made with `openssl` (`pki`), and a plain HTTP client for the
-//! gateway's endpoint (`http`). Each test owns its brokers, ports and
+//! certificates made with `openssl` (`pki`), a plain HTTP client for the
+//! gateway's endpoint (`http`), the configs tests write (`config`), and the
+//! setups most tests share (`rig`). Each test owns its brokers, ports and
 //! temporary folders, so tests run in parallel.
 //!
 //! Every wait is a poll of a condition with a deadline (or a blocking
