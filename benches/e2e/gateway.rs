@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::broker::{find_program, free_port};
+use crate::process::{find_program, free_port};
 use crate::workload::{ABOVE, CLEAR};
 
 #[derive(Clone, Debug)]
@@ -29,35 +29,40 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// (label, where its alerts arrive upstream, its retained status topic
+    /// (`online` once connected), its client id on the local broker (ready
+    /// once subscribed there)).
+    fn names(&self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Kind::Outpost { .. } => (
+                "outpost",
+                "outpost/bench/alerts/#",
+                "outpost/bench/status",
+                "outpost-bench-local",
+            ),
+            Kind::NodeRed { .. } => (
+                "Node-RED",
+                "nodered/bench/alerts/#",
+                "nodered/bench/status",
+                "nodered-bench-local",
+            ),
+        }
+    }
+
     pub fn label(&self) -> &'static str {
-        match self {
-            Kind::Outpost { .. } => "outpost",
-            Kind::NodeRed { .. } => "Node-RED",
-        }
+        self.names().0
     }
 
-    /// Where its alerts arrive upstream.
     pub fn alerts_filter(&self) -> &'static str {
-        match self {
-            Kind::Outpost { .. } => "outpost/bench/alerts/#",
-            Kind::NodeRed { .. } => "nodered/bench/alerts/#",
-        }
+        self.names().1
     }
 
-    /// Retained `online` upstream once connected.
     pub fn status_topic(&self) -> &'static str {
-        match self {
-            Kind::Outpost { .. } => "outpost/bench/status",
-            Kind::NodeRed { .. } => "nodered/bench/status",
-        }
+        self.names().2
     }
 
-    /// Its client id on the local broker (ready once subscribed there).
     pub fn local_client(&self) -> &'static str {
-        match self {
-            Kind::Outpost { .. } => "outpost-bench-local",
-            Kind::NodeRed { .. } => "nodered-bench-local",
-        }
+        self.names().3
     }
 }
 
@@ -99,7 +104,49 @@ return {
 "#;
 
 impl Gateway {
+    /// Starts a gateway. outpost's HTTP port is picked free, then bound by
+    /// outpost: when someone took it meanwhile (outpost logs that it cannot
+    /// listen), it starts again on another.
     pub fn start(kind: &Kind, local_port: u16, up_port: u16) -> Result<Gateway, String> {
+        let mut taken = Vec::new();
+        for _ in 0..5 {
+            let mut gw = Gateway::start_once(kind, local_port, up_port)?;
+            match gw.http_listening() {
+                Ok(()) => return Ok(gw),
+                Err(e) => taken.push(e),
+            }
+        }
+        Err(format!(
+            "{} found no free HTTP port: {}",
+            kind.label(),
+            taken.join("; ")
+        ))
+    }
+
+    /// Waits for outpost to log that its HTTP endpoint listens; `Err` when
+    /// it says the port is taken. (Anything else, a gateway that never gets
+    /// ready, is for the caller's readiness wait to report.)
+    fn http_listening(&mut self) -> Result<(), String> {
+        let Some(port) = self.http_port else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = self.log();
+            if log.contains("HTTP: /metrics") {
+                return Ok(());
+            }
+            if log.contains("cannot listen for HTTP") {
+                return Err(format!("port {port} was taken"));
+            }
+            if self.exited() || Instant::now() >= deadline {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn start_once(kind: &Kind, local_port: u16, up_port: u16) -> Result<Gateway, String> {
         let dir = tempfile::Builder::new()
             .prefix("outpost-bench-gw-")
             .tempdir()

@@ -1,5 +1,6 @@
 //! The load generator and the subscribers that observe delivery, on rumqttc.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,8 +49,14 @@ fn drive(
                         let at = Instant::now();
                         let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
                         s.count += 1;
-                        s.first.get_or_insert(at);
-                        s.last = Some(at);
+                        let new = match &mut s.distinct {
+                            Some(seen) => seen.insert(p.payload.to_vec()),
+                            None => true,
+                        };
+                        if new {
+                            s.first.get_or_insert(at);
+                            s.last = Some(at);
+                        }
                         if s.keep {
                             s.messages.push((at, p.payload.to_vec()));
                         }
@@ -133,7 +140,11 @@ impl Drop for Publisher {
 #[derive(Default)]
 struct Inbox {
     keep: bool,
+    /// Every message, duplicates included.
     count: usize,
+    /// The distinct payloads, when asked: at-least-once delivery may bring
+    /// a message twice, and a duplicate is the same bytes again.
+    distinct: Option<HashSet<Vec<u8>>>,
     first: Option<Instant>,
     last: Option<Instant>,
     messages: Vec<(Instant, Vec<u8>)>,
@@ -147,16 +158,20 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Connects and subscribes; returns once the broker acknowledged.
+    /// `keep`: keep every message; `distinct`: count distinct payloads
+    /// (`received`), so duplicates never count toward a target.
     pub async fn connect(
         port: u16,
         id: &str,
         filter: &str,
         qos: QoS,
         keep: bool,
+        distinct: bool,
     ) -> Result<Subscriber, String> {
         let (client, el) = AsyncClient::new(options(id, port), 64);
         let inbox = Arc::new(Mutex::new(Inbox {
             keep,
+            distinct: distinct.then(HashSet::new),
             ..Inbox::default()
         }));
         let (task, rx) = drive(
@@ -172,10 +187,17 @@ impl Subscriber {
         f(&mut self.inbox.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn count(&self) -> usize {
-        self.with(|s| s.count)
+    /// Messages received: distinct ones when counting distinct payloads.
+    pub fn received(&self) -> usize {
+        self.with(|s| s.distinct.as_ref().map_or(s.count, HashSet::len))
     }
 
+    /// Messages received again (0 unless counting distinct payloads).
+    pub fn duplicates(&self) -> usize {
+        self.with(|s| s.count - s.distinct.as_ref().map_or(s.count, HashSet::len))
+    }
+
+    /// When the last new message arrived.
     pub fn last(&self) -> Option<Instant> {
         self.with(|s| s.last)
     }
@@ -194,13 +216,14 @@ impl Subscriber {
         })
     }
 
-    /// Waits until `target` messages arrived, or nothing arrived for `stall`.
-    /// Returns whether the target was reached.
+    /// Waits until `target` messages arrived (`received`: duplicates do
+    /// not count when counting distinct payloads), or nothing new arrived
+    /// for `stall`. Returns whether the target was reached.
     pub async fn wait_for(&self, target: usize, stall: Duration) -> bool {
-        let mut seen = self.count();
+        let mut seen = self.received();
         let mut progress = Instant::now();
         loop {
-            let n = self.count();
+            let n = self.received();
             if n >= target {
                 return true;
             }

@@ -84,8 +84,10 @@ pub fn pair_topic(prefix: &str, kind: &str, rule_id: &str, sensor: &str) -> Stri
             end -= 1;
         }
         topic.truncate(end);
+        // A cut just after a `/` would leave an empty last level: drop the
+        // `/` (pushing a `_` instead would pass the limit by one byte).
         if topic.ends_with('/') {
-            topic.push('_');
+            topic.pop();
         }
     }
     topic
@@ -126,6 +128,20 @@ mod tests {
     #[test]
     fn a_dollar_sensor_cannot_make_a_system_topic() {
         assert!(alert_topic("p", "r", "$SYS/x").starts_with("p/"));
+    }
+
+    /// Found by `cargo fuzz run topic`: a long sensor id of `/` and NULs
+    /// whose cut at the limit fell just after a `/`; the `_` that filled
+    /// the empty level made the topic one byte too long.
+    #[test]
+    fn a_cut_just_after_a_slash_stays_within_the_limit() {
+        let sensor = "\0/".repeat(600);
+        let t = alert_topic("outpost/gw", "r", &sensor);
+        // "outpost/gw/alerts/r/" is 20 bytes, then "_/" pairs: byte 1023 is a `/`.
+        assert_eq!(&t[..24], "outpost/gw/alerts/r/_/_/");
+        assert!(t.len() <= MAX_TOPIC_LEN, "{} bytes", t.len());
+        assert!(t.split('/').all(|l| !l.is_empty()), "an empty level");
+        assert!(t.ends_with('_'));
     }
 
     #[test]

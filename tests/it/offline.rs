@@ -2,19 +2,12 @@
 //! real binary: `check` on the shipped configs, `rules test`, `rules replay`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use crate::harness::{Output, check, run_outpost};
+
+/// `outpost ARGS...` run from the repository's root.
 fn outpost(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("OUTPOST_CONFIG")
-        .output()
-        .expect("run outpost")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    run_outpost(Path::new(env!("CARGO_MANIFEST_DIR")), args)
 }
 
 #[test]
@@ -34,14 +27,8 @@ fn every_shipped_config_passes_check() {
     assert!(configs.len() >= 7, "{configs:?}");
     for cfg in &configs {
         let o = outpost(&["check", "--config", cfg.as_str()]);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{cfg}: {}{}",
-            text(&o.stdout),
-            text(&o.stderr)
-        );
-        assert!(text(&o.stdout).contains(": ok"), "{cfg}");
+        assert_eq!(o.code, Some(0), "{cfg}: {}{}", o.stdout, o.stderr);
+        assert!(o.stdout.contains(": ok"), "{cfg}");
     }
 }
 
@@ -58,8 +45,8 @@ fn the_shipped_rule_tests_pass() {
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     args.extend(names.iter().map(String::as_str));
     let o = outpost(&args);
-    let out = text(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    let out = o.stdout;
+    assert_eq!(o.code, Some(0), "{out}{}", o.stderr);
     assert!(out.contains(" passed, 0 failed"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
 }
@@ -84,8 +71,8 @@ expect = [{ at = "0s", rule = "hot", sensor = "a", state = "resolved" }]
     )
     .unwrap();
     let o = outpost(&["rules", "test", t.to_str().unwrap()]);
-    let out = text(&o.stdout);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    let out = o.stdout;
+    assert_eq!(o.code, Some(1), "{out}");
     assert!(out.contains("FAIL expects the wrong state"), "{out}");
     assert!(out.contains("- expected       0s resolved hot a"), "{out}");
     assert!(out.contains("+ got            0s firing hot a"), "{out}");
@@ -102,8 +89,8 @@ fn a_broken_rule_test_file_exits_2_naming_the_line() {
     )
     .unwrap();
     let o = outpost(&["rules", "test", t.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = text(&o.stderr);
+    assert_eq!(o.code, Some(2));
+    let err = o.stderr;
     assert!(
         err.contains("x.test.toml:5:1: unknown field `expcet`"),
         "{err}"
@@ -120,8 +107,9 @@ fn replay_prints_the_alerts_a_recorded_series_produces() {
         "--input",
         "tests/rules/greenhouse.jsonl",
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    let alerts: Vec<serde_json::Value> = text(&o.stdout)
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let alerts: Vec<serde_json::Value> = o
+        .stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -165,64 +153,50 @@ fn replay_prints_the_alerts_a_recorded_series_produces() {
     assert_eq!(alerts[0]["seq"], 1);
     // The malformed line is reported with its line number and skipped.
     assert!(
-        text(&o.stderr).contains("greenhouse.jsonl:5: skipped"),
+        o.stderr.contains("greenhouse.jsonl:5: skipped"),
         "{}",
-        text(&o.stderr)
+        o.stderr
     );
+}
+
+/// `check` on a config and rules written into a fresh folder: exit 2,
+/// and every one of `want`, each made from the config's and the rules'
+/// full paths, in stderr.
+fn check_refuses(config: &str, rules: &str, want: impl Fn(&str, &str) -> Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check(dir.path(), config, rules);
+    let c = dir.path().join("outpost.toml").display().to_string();
+    let r = dir.path().join("rules.toml").display().to_string();
+    let want = want(&c, &r);
+    out.assert_invalid(&want.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 #[test]
 fn check_lists_every_mistake_with_file_line_and_column() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("rules.toml"),
-        "[[rule]]\nid = \"a\"\nmetric = \"t\"\nabvoe = 3\n\n[[rule]]\nid = \"b\"\nmetric = \"t\"\nbelow = 3\nclear = 1\n",
-    )
-    .unwrap();
-    let cfg = dir.path().join("outpost.toml");
-    std::fs::write(
-        &cfg,
+    check_refuses(
         "[gateway]\nid = \"gw\"\nstate_dir = \"state\"\n\n[upstream]\nurl = \"http://x\"\nkeep_alive = \"30\"\n\n[[serial]]\npath = \"/dev/null\"\nbaud_rate = 9600\n",
-    )
-    .unwrap();
-    let o = outpost(&["check", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = text(&o.stderr);
-    let c = cfg.display().to_string();
-    let r = dir.path().join("rules.toml").display().to_string();
-    for want in [
-        format!("{c}:6:7: `http://x` is not an MQTT URL"),
-        format!("{c}:7:14: duration `30` has no unit"),
-        format!("{c}:11:1: unknown field `baud_rate`"),
-        format!("{r}:4:1: unknown field `abvoe`"),
-        format!("{r}:10:9: `clear` (1) must not be below the threshold (3)"),
-    ] {
-        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
-    }
+        "[[rule]]\nid = \"a\"\nmetric = \"t\"\nabvoe = 3\n\n[[rule]]\nid = \"b\"\nmetric = \"t\"\nbelow = 3\nclear = 1\n",
+        |c, r| {
+            vec![
+                format!("{c}:6:7: `http://x` is not an MQTT URL"),
+                format!("{c}:7:14: duration `30` has no unit"),
+                format!("{c}:11:1: unknown field `baud_rate`"),
+                format!("{r}:4:1: unknown field `abvoe`"),
+                format!("{r}:10:9: `clear` (1) must not be below the threshold (3)"),
+            ]
+        },
+    );
 }
 
 #[test]
 fn check_names_the_rule_whose_action_uses_an_unknown_broker() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("rules.toml"),
-        "[[rule]]\nid = \"fan\"\nmetric = \"t\"\nabove = 30.0\n[[rule.actions]]\nbroker = \"locl\"\ntopic = \"fan/set\"\non_firing = \"ON\"\n",
-    )
-    .unwrap();
-    let cfg = dir.path().join("outpost.toml");
-    std::fs::write(
-        &cfg,
+    check_refuses(
         "[gateway]\nid = \"gw\"\nstate_dir = \"state\"\n\n[[mqtt]]\nname = \"local\"\nurl = \"mqtt://127.0.0.1:1883\"\ntopics = [\"a/+\"]\n",
-    )
-    .unwrap();
-    let o = outpost(&["check", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = text(&o.stderr);
-    let r = dir.path().join("rules.toml").display().to_string();
-    assert!(
-        err.contains(&format!(
-            "{r}:2:6: rule `fan` has an action on broker `locl`, but no [[mqtt]] source has that name"
-        )),
-        "{err}"
+        "[[rule]]\nid = \"fan\"\nmetric = \"t\"\nabove = 30.0\n[[rule.actions]]\nbroker = \"locl\"\ntopic = \"fan/set\"\non_firing = \"ON\"\n",
+        |_, r| {
+            vec![format!(
+                "{r}:2:6: rule `fan` has an action on broker `locl`, but no [[mqtt]] source has that name"
+            )]
+        },
     );
 }

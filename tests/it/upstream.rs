@@ -1,19 +1,19 @@
 //! The upstream link against brokers configured as people run them: TLS
 //! with a private CA, mutual TLS, password files, packet size limits, and
-//! Home Assistant discovery. Real `outpost` binary, real Mosquitto, and
-//! certificates made at test time with `openssl` (see `common::Pki`).
+//! Home Assistant discovery; and how it backs off when refused. Real
+//! `outpost` binary, real Mosquitto, and certificates made at test time
+//! with `openssl` (see `harness::pki`).
 
-mod common;
-
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::json;
 
-const ALERTS: &str = "outpost/test-gw/alerts/#";
+use crate::harness::*;
+
 /// Where the tests' sensors publish (an `[[mqtt]]` source on the broker's
 /// plain listener).
 const INPUT: &str = "sensors/in/reading";
@@ -70,25 +70,26 @@ fn make_alert(broker: &Mosquitto, gw: &Gateway, sensor: &str, temperature: f64, 
     );
 }
 
-fn stop(gw: &mut Gateway) {
-    gw.sigterm();
-    let st = gw.wait_exit(WAIT);
-    assert_eq!(st.code(), Some(0), "gateway exit status");
-}
-
 // ---------------------------------------------------------------------------
 // TLS
 // ---------------------------------------------------------------------------
 
-#[test]
-fn alerts_are_delivered_over_mutual_tls() {
+/// The test certificates, a broker with a TLS listener that requires a
+/// client certificate, and a subscriber to the alerts (on the plain one).
+fn mutual_tls_broker() -> (&'static Pki, Mosquitto, Subscriber) {
     let pki = Pki::get();
     let broker = Mosquitto::start_with(MosquittoOpts {
         tls: Some(pki.listener(true)),
         ..Default::default()
     });
+    let sub = Subscriber::connect(broker.port(), ALERTS);
+    (pki, broker, sub)
+}
+
+#[test]
+fn alerts_are_delivered_over_mutual_tls() {
+    let (pki, broker, mut sub) = mutual_tls_broker();
     let dir = tempdir();
-    let mut sub = Subscriber::connect(broker.port(), ALERTS);
     let url = format!("mqtts://localhost:{}", broker.tls_port());
     let cfg = config(
         &broker,
@@ -110,7 +111,7 @@ fn alerts_are_delivered_over_mutual_tls() {
         "no connection on the TLS port:\n{}",
         tail(&log, 30)
     );
-    stop(&mut gw);
+    gw.stop();
 }
 
 /// Each broken TLS setup is refused with a plain reason in the log, the
@@ -119,13 +120,8 @@ fn alerts_are_delivered_over_mutual_tls() {
 /// plaintext, even where a plaintext listener would accept.
 #[test]
 fn tls_failures_are_named_plainly_and_alerts_wait_until_the_config_is_fixed() {
-    let pki = Pki::get();
-    let broker = Mosquitto::start_with(MosquittoOpts {
-        tls: Some(pki.listener(true)),
-        ..Default::default()
-    });
+    let (pki, broker, mut sub) = mutual_tls_broker();
     let dir = tempdir();
-    let mut sub = Subscriber::connect(broker.port(), ALERTS);
     let tls = |host: &str| format!("mqtts://{host}:{}", broker.tls_port());
     let client = Some((pki.client_rsa.as_path(), pki.client_rsa_pkcs1.as_path()));
     let cases = [
@@ -168,10 +164,14 @@ fn tls_failures_are_named_plainly_and_alerts_wait_until_the_config_is_fixed() {
         let line = g.wait_log(WAIT, reason);
         assert!(line.contains("WARN"), "a refused link is a warning: {line}");
         make_alert(&broker, g, sensor, 35.0, "firing");
-        stop(g);
+        g.stop();
     }
-    let delivered = sub.messages().len();
-    assert_eq!(delivered, 0, "nothing may pass a broken TLS setup");
+    // Anything a broken setup let through has reached the subscriber by now.
+    sub.barrier("outpost/test-gw/alerts/barrier");
+    assert!(
+        sub.messages().is_empty(),
+        "nothing may pass a broken TLS setup"
+    );
 
     // Fixed: the right CA and a client certificate (PKCS#8 key this time).
     let g = gw.as_mut().unwrap(); // the loop above started it
@@ -189,20 +189,18 @@ fn tls_failures_are_named_plainly_and_alerts_wait_until_the_config_is_fixed() {
     );
     let seqs: Vec<u64> = got.iter().map(|a| a["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
-    stop(g);
+    g.stop();
 }
 
 #[test]
 fn check_reads_pkcs1_pkcs8_and_sec1_keys_and_refuses_broken_tls_files() {
     let pki = Pki::get();
     let dir = tempdir();
-    fs::write(dir.path().join("rules.toml"), HOT_RULE).unwrap();
     let url = "mqtts://localhost:8883";
     let check = |lines: &str| {
         let mut c = Config::new(url);
         c.extra_upstream = lines.to_string();
-        fs::write(dir.path().join("outpost.toml"), c.toml()).unwrap();
-        run_outpost(dir.path(), &["check", "--config", "outpost.toml"])
+        check(dir.path(), &c.toml(), HOT_RULE)
     };
     // `outpost.toml:N:` for the line that sets `key`.
     let at = |key: &str| {
@@ -260,14 +258,12 @@ fn secret_files_others_can_read_are_warned_about_at_check_and_at_start() {
     fs::write(&secret, "s3cret-Pa55\n").unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o640)).unwrap();
     // Nothing listens there: the gateway keeps retrying, which is fine here.
-    let mut c = Config::new(&format!("mqtts://localhost:{}", free_port()));
+    let mut c = Config::new(&format!("mqtts://localhost:{}", free_port().unwrap()));
     c.extra_upstream = format!(
         "{}username = \"gw\"\npassword_file = \"upstream.secret\"\n",
         tls_lines(&pki.ca, Some((&pki.client_ec, &key)))
     );
-    fs::write(dir.path().join("rules.toml"), HOT_RULE).unwrap();
-    fs::write(dir.path().join("outpost.toml"), c.toml()).unwrap();
-    let out = run_outpost(dir.path(), &["check", "--config", "outpost.toml"]);
+    let out = check(dir.path(), &c.toml(), HOT_RULE);
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(
         out.stderr.contains("warning: key_file")
@@ -293,7 +289,7 @@ fn secret_files_others_can_read_are_warned_about_at_check_and_at_start() {
     // Fixed modes: no warning.
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
-    let out = run_outpost(dir.path(), &["check", "--config", "outpost.toml"]);
+    let out = check(dir.path(), &c.toml(), HOT_RULE);
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(!out.stderr.contains("warning"), "{}", out.all());
 }
@@ -302,18 +298,8 @@ fn secret_files_others_can_read_are_warned_about_at_check_and_at_start() {
 // Passwords and reconnects
 // ---------------------------------------------------------------------------
 
-/// Connection attempts the broker saw on `port` so far.
-fn attempts(broker: &Mosquitto, port: u16) -> usize {
-    let needle = format!("on port {port}.");
-    broker
-        .log()
-        .lines()
-        .filter(|l| l.contains("New connection from") && l.contains(&needle))
-        .count()
-}
-
 #[test]
-fn a_wrong_password_is_refused_plainly_with_bounded_retries_and_never_logged() {
+fn a_wrong_password_is_refused_plainly_retried_with_backoff_and_never_logged() {
     const RIGHT: &str = "Right-Pa55-7f3a";
     const WRONG: &str = "Wrong-Pa55-c0ff";
     let dir = tempdir();
@@ -321,33 +307,32 @@ fn a_wrong_password_is_refused_plainly_with_bounded_retries_and_never_logged() {
         password_file: Some(password_file(dir.path(), "greenhouse", RIGHT)),
         ..Default::default()
     });
+    // Every connection attempt passes the proxy, which times it.
+    let proxy = Proxy::start(broker.auth_port());
     let mut sub = Subscriber::connect(broker.port(), ALERTS);
     let secret = dir.path().join("upstream.secret");
     fs::write(&secret, format!("{WRONG}\n")).unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
-    let url = format!("mqtt://127.0.0.1:{}", broker.auth_port());
+    let url = proxy.url();
     let cfg = config(
         &broker,
         &url,
         "username = \"greenhouse\"\npassword_file = \"upstream.secret\"\n",
     );
     // The most verbose log there is: still no password in it.
-    let mut gw = Gateway::start_with_log(dir.path(), &cfg.toml(), HOT_RULE, "trace,sled=debug");
+    let mut gw =
+        Launch::default()
+            .rust_log("trace,sled=debug")
+            .start(dir.path(), &cfg.toml(), HOT_RULE);
     let line = gw.wait_log(WAIT, "the broker refused the login");
     assert!(line.contains("WARN"), "{line}");
     make_alert(&broker, &gw, "cold-room", 35.0, "firing");
 
-    // A refused login is retried with backoff, not in a loop: count the
-    // broker's connection attempts over 5 s.
-    let before = attempts(&broker, broker.auth_port());
-    gw.assert_running_for(Duration::from_secs(5));
-    let during = attempts(&broker, broker.auth_port()) - before;
-    eprintln!("connection attempts with a wrong password in 5 s: {during}");
-    assert!(
-        (1..=6).contains(&during),
-        "{during} attempts in 5 s: reconnects are not backed off"
-    );
-    stop(&mut gw);
+    // A refused login is retried with backoff, not in a loop.
+    let gaps = proxy.attempt_gaps(5, Duration::from_secs(20));
+    assert_backs_off(&gaps);
+    gw.stop();
+    sub.barrier("outpost/test-gw/alerts/barrier");
     assert!(sub.messages().is_empty(), "nothing passes a refused login");
 
     let out = run_outpost(dir.path(), &["check", "--config", "outpost.toml"]);
@@ -364,7 +349,7 @@ fn a_wrong_password_is_refused_plainly_with_bounded_retries_and_never_logged() {
     sub.wait_for(WAIT, "the stored alert", |m| {
         alert_is(m, "cold-room", "firing")
     });
-    stop(&mut gw);
+    gw.stop();
 
     let log = gw.log();
     assert!(log.contains("TRACE"), "the log was not at trace level");
@@ -377,7 +362,6 @@ fn a_wrong_password_is_refused_plainly_with_bounded_retries_and_never_logged() {
 #[test]
 fn check_refuses_a_source_that_would_share_the_upstream_client_id() {
     let dir = tempdir();
-    fs::write(dir.path().join("rules.toml"), HOT_RULE).unwrap();
     let mut c = Config::new("mqtt://127.0.0.1:1883");
     c.extra_upstream = "client_id = \"pi-1\"\n".into();
     c.mqtt.push(
@@ -385,8 +369,7 @@ fn check_refuses_a_source_that_would_share_the_upstream_client_id() {
          topics = [\"a/#\"]\nclient_id = \"pi-1\"\n"
             .into(),
     );
-    fs::write(dir.path().join("outpost.toml"), c.toml()).unwrap();
-    let out = run_outpost(dir.path(), &["check", "--config", "outpost.toml"]);
+    let out = check(dir.path(), &c.toml(), HOT_RULE);
     assert_eq!(out.code, Some(2), "{}", out.all());
     let text = fs::read_to_string(dir.path().join("outpost.toml")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -408,8 +391,7 @@ fn check_refuses_a_source_that_would_share_the_upstream_client_id() {
         "url = \"mqtt://127.0.0.1:1884\"\ntopics",
         1,
     );
-    fs::write(dir.path().join("outpost.toml"), other).unwrap();
-    let out = run_outpost(dir.path(), &["check", "--config", "outpost.toml"]);
+    let out = check(dir.path(), &other, HOT_RULE);
     assert_eq!(out.code, Some(0), "{}", out.all());
 }
 
@@ -420,9 +402,11 @@ fn check_refuses_a_source_that_would_share_the_upstream_client_id() {
 #[test]
 fn hostile_sensor_ids_make_safe_topics_and_never_cut_the_link() {
     let broker = Mosquitto::start();
+    // The proxy counts the gateway's connections: a cut link is a second one.
+    let proxy = Proxy::start(broker.port());
     let dir = tempdir();
     let mut sub = Subscriber::connect(broker.port(), ALERTS);
-    let cfg = config(&broker, &broker.url(), "");
+    let cfg = config(&broker, &proxy.url(), "");
     let mut gw = Gateway::start(dir.path(), &cfg.toml(), HOT_RULE);
     let long = "s".repeat(128);
     let p = "outpost/test-gw/alerts/hot";
@@ -452,17 +436,8 @@ fn hostile_sensor_ids_make_safe_topics_and_never_cut_the_link() {
             .any(|m| m.topic.contains("bell") || m.text().contains("bell")),
         "a sensor id with a control character reached upstream"
     );
-    let log = gw.log();
-    assert!(!log.contains("upstream link lost"), "the link was cut");
-    let blog = broker.log();
-    assert!(
-        !blog
-            .lines()
-            .any(|l| l.contains("outpost-test-gw ") && l.contains("disconnected")),
-        "the broker disconnected the gateway:\n{}",
-        tail(&blog, 30)
-    );
-    stop(&mut gw);
+    assert_eq!(proxy.accepted(), 1, "the link was cut and made again");
+    gw.stop();
 }
 
 /// Publishes a QoS 1 message of `size` bytes; true when the broker
@@ -485,23 +460,28 @@ fn broker_refuses(port: u16, size: usize) -> bool {
     }
 }
 
-/// A broker that disconnects clients sending packets over 1200 bytes, and a
-/// gateway told `max_payload = "1KiB"`: an alert with a long message (the
-/// engine caps messages at 1 KiB, so the payload is about 1.4 KiB) goes out
-/// with its message cut to fit, instead of a disconnect-and-resend loop.
+/// `max_payload = "1KiB"` and a broker that disconnects any client sending
+/// a packet over 1300 bytes (1 KiB of payload and a long topic): every
+/// payload the gateway publishes fits, alerts (an alert with a long message,
+/// about 1.4 KiB, goes out with its message cut), the health, the events and
+/// the Home Assistant messages, so none turns into a disconnect-and-resend
+/// loop. The proxy sees every PUBLISH, even one the broker would refuse.
 #[test]
-fn an_alert_over_max_payload_is_cut_to_fit_a_broker_packet_limit() {
+fn every_payload_fits_max_payload_and_the_link_stays_up() {
+    const MAX: usize = 1024;
     let broker = Mosquitto::start_with(MosquittoOpts {
-        extra: "max_packet_size 1200\n".into(),
+        extra: "max_packet_size 1300\n".into(),
         ..Default::default()
     });
     assert!(
-        broker_refuses(broker.port(), 1300),
+        broker_refuses(broker.port(), 1400),
         "the broker does not enforce its limit; the test would prove nothing"
     );
+    let proxy = Proxy::start(broker.port());
     let dir = tempdir();
-    let mut sub = Subscriber::connect(broker.port(), ALERTS);
-    let cfg = config(&broker, &broker.url(), "max_payload = \"1KiB\"\n");
+    let mut sub = Subscriber::connect(broker.port(), "#");
+    let mut cfg = config(&broker, &proxy.url(), "max_payload = \"1KiB\"\n");
+    cfg.extra_sections = "[homeassistant]\nnode_name = \"Test greenhouse\"\n".into();
     let long_rule = HOT_RULE.replace(
         "message = \"{sensor} is {value}\"",
         &format!(
@@ -510,21 +490,65 @@ fn an_alert_over_max_payload_is_cut_to_fit_a_broker_packet_limit() {
         ),
     );
     let mut gw = Gateway::start(dir.path(), &cfg.toml(), &long_rule);
-    make_alert(&broker, &gw, "big", 35.0, "firing");
-    let m = sub.wait_for(WAIT, "the cut alert", |m| alert_is(m, "big", "firing"));
-    assert!(m.payload.len() <= 1024, "{} bytes", m.payload.len());
+    let sensor = "greenhouse/t1";
+    make_alert(&broker, &gw, sensor, 35.0, "firing");
+    let m = sub.wait_for(WAIT, "the cut alert", |m| alert_is(m, sensor, "firing"));
     let v = m.json();
     let msg = v["message"].as_str().unwrap();
     assert!(
-        msg.starts_with("big is 35: xxx") && msg.ends_with('…'),
+        msg.starts_with(&format!("{sensor} is 35: xxx")) && msg.ends_with('…'),
         "not cut: {:?}",
         &msg[msg.len().saturating_sub(20)..]
     );
     // The link stays up and the next alert follows.
-    make_alert(&broker, &gw, "big", 20.0, "resolved");
-    sub.wait_for(WAIT, "the resolution", |m| alert_is(m, "big", "resolved"));
-    assert!(!gw.log().contains("upstream link lost"), "the link was cut");
-    stop(&mut gw);
+    make_alert(&broker, &gw, sensor, 20.0, "resolved");
+    sub.wait_for(WAIT, "the resolution", |m| alert_is(m, sensor, "resolved"));
+
+    // An event: alerts held back, the gateway stopped, the outbox purged;
+    // the `purged` event goes out on the next run.
+    proxy.hold_publishes(true);
+    for i in 0..5 {
+        make_alert(&broker, &gw, &format!("held-{i}"), 35.0, "firing");
+    }
+    gw.stop();
+    let out = run_outpost(dir.path(), &["outbox", "purge", "--config", "outpost.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    proxy.hold_publishes(false);
+    gw.restart();
+    sub.wait_for(WAIT, "the purged event", |m| m.topic.ends_with("/events"));
+    sub.wait_for(WAIT, "the health", |m| m.topic.ends_with("/health"));
+    gw.stop();
+
+    let traffic = proxy.traffic();
+    let mut kinds = BTreeSet::new();
+    for e in &traffic.events {
+        if let proxy::Event::Publish(p) = e {
+            let t = &p.msg.topic;
+            let kind = [
+                "/alerts/", "/health", "/events", "/state/", "/config", "/status",
+            ]
+            .into_iter()
+            .find(|k| t.contains(k))
+            .unwrap_or(t);
+            kinds.insert(kind.to_string());
+            assert!(
+                p.msg.payload.len() <= MAX,
+                "{} bytes on {t} (max_payload {MAX}): {}",
+                p.msg.payload.len(),
+                p.msg.text()
+            );
+        }
+    }
+    let all = [
+        "/alerts/", "/health", "/events", "/state/", "/config", "/status",
+    ];
+    assert_eq!(kinds, all.map(String::from).into(), "kinds of payload seen");
+    // One connection per run: the broker never cut the link.
+    assert_eq!(
+        traffic.accepts().len(),
+        2,
+        "the link was cut and made again"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -606,17 +630,13 @@ fn home_assistant_discovery_and_state_have_the_documented_shape() {
         m.topic == "outpost/test-gw/status"
     });
     assert_eq!(status.text(), "online");
-    stop(&mut gw);
+    gw.stop();
 }
 
 #[test]
 fn check_validates_the_homeassistant_section_and_topic_prefix() {
     let dir = tempdir();
-    fs::write(dir.path().join("rules.toml"), HOT_RULE).unwrap();
-    let check = |toml: &str| {
-        fs::write(dir.path().join("outpost.toml"), toml).unwrap();
-        run_outpost(dir.path(), &["check", "--config", "outpost.toml"])
-    };
+    let check = |toml: &str| check(dir.path(), toml, HOT_RULE);
     let mut c = Config::new("mqtt://127.0.0.1:1883");
     c.extra_sections = "[homeassistant]\ndiscovery_prefix = \"ha\"\n".into();
     let out = check(&c.toml());
@@ -629,53 +649,38 @@ fn check_validates_the_homeassistant_section_and_topic_prefix() {
     );
 
     let base = c.toml();
-    let n = base.lines().count();
-    for (extra, expect) in [
-        (
-            "discovry_prefix = \"ha\"\n",
-            "unknown field `discovry_prefix`",
-        ),
-        (
-            "node_name = \"\"\n",
-            "node_name must be 1 to 128 characters",
-        ),
-    ] {
-        let toml = base.replace("discovery_prefix = \"ha\"\n", extra);
-        let out = check(&toml);
-        assert_eq!(out.code, Some(2), "{}", out.all());
-        assert!(
-            out.stderr.contains(&format!("outpost.toml:{n}:")) && out.stderr.contains(expect),
-            "{extra}: {}",
-            out.all()
-        );
-    }
-    let out = check(&base.replace("\"ha\"", "\"$ha\""));
-    assert_eq!(out.code, Some(2), "{}", out.all());
-    assert!(
-        out.stderr
-            .contains("discovery_prefix `$ha` starts with `$`"),
-        "{}",
-        out.all()
-    );
-
+    let last = format!("outpost.toml:{}:", base.lines().count());
+    let ha_line = |line: &str| base.replace("discovery_prefix = \"ha\"\n", line);
+    let prefix = |p: &str| {
+        let mut c = Config::new("mqtt://127.0.0.1:1883");
+        c.extra_upstream = format!("topic_prefix = \"{p}\"\n");
+        c.toml()
+    };
     // Without an [upstream] there is no broker to announce on.
     let no_upstream = base.replace(
         "[upstream]\nurl = \"mqtt://127.0.0.1:1883\"\nkeep_alive = \"5s\"\n",
         "",
     );
-    let out = check(&no_upstream);
-    assert_eq!(out.code, Some(2), "{}", out.all());
-    assert!(
-        out.stderr.contains("[homeassistant] needs an [upstream]"),
-        "{}",
-        out.all()
-    );
-
-    for bad in ["a//b", "a/+/b", "$SYS/x", "a/#"] {
-        let mut c = Config::new("mqtt://127.0.0.1:1883");
-        c.extra_upstream = format!("topic_prefix = \"{bad}\"\n");
-        let out = check(&c.toml());
-        assert_eq!(out.code, Some(2), "{bad}: {}", out.all());
-        assert!(out.stderr.contains("topic_prefix"), "{bad}: {}", out.all());
+    let cases: [(String, &[&str]); 8] = [
+        (
+            ha_line("discovry_prefix = \"ha\"\n"),
+            &[&last, "unknown field `discovry_prefix`"],
+        ),
+        (
+            ha_line("node_name = \"\"\n"),
+            &[&last, "node_name must be 1 to 128 characters"],
+        ),
+        (
+            base.replace("\"ha\"", "\"$ha\""),
+            &["discovery_prefix `$ha` starts with `$`"],
+        ),
+        (no_upstream, &["[homeassistant] needs an [upstream]"]),
+        (prefix("a//b"), &["topic_prefix `a//b` has an empty level"]),
+        (prefix("a/+/b"), &["topic_prefix `a/+/b` contains '+'"]),
+        (prefix("$SYS/x"), &["topic_prefix `$SYS/x` starts with `$`"]),
+        (prefix("a/#"), &["topic_prefix `a/#` contains '#'"]),
+    ];
+    for (toml, expect) in &cases {
+        check(toml).assert_invalid(expect);
     }
 }
