@@ -41,7 +41,8 @@ fn push_and_flush(c: &mut Criterion) {
         g.throughput(Throughput::Elements(group));
         g.bench_with_input(BenchmarkId::from_parameter(group), &drafts, |b, d| {
             b.iter(|| {
-                o.push("bench", d, None).unwrap();
+                o.push("bench", d, &[], outpost::reading::Clock::new().now())
+                    .unwrap();
                 o.flush_blocking().unwrap();
             })
         });
@@ -58,7 +59,8 @@ fn read_and_ack(c: &mut Criterion) {
     g.throughput(Throughput::Elements(64));
     g.bench_function("push_64_read_window_ack_each", |b| {
         b.iter(|| {
-            o.push("bench", &drafts, None).unwrap();
+            o.push("bench", &drafts, &[], outpost::reading::Clock::new().now())
+                .unwrap();
             let window = o.after(None, 64).unwrap();
             for r in &window {
                 black_box(r.alert().unwrap());

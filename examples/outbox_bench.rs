@@ -33,7 +33,7 @@ fn fill(o: &Outbox, backlog: u64) -> anyhow::Result<()> {
     while n < backlog {
         let k = 1000.min(backlog - n);
         let drafts: Vec<_> = (0..k).map(|i| draft(n + i)).collect();
-        o.push("bench", &drafts, None)?;
+        o.push("bench", &drafts, &[], outpost::reading::Clock::new().now())?;
         n += k;
     }
     o.flush_blocking()?;
@@ -102,7 +102,8 @@ fn durable_rate(dir: &Path, group: usize, period: Option<Duration>, dur: Duratio
     let mut flushes = 0;
     while t0.elapsed() < dur {
         let drafts: Vec<_> = (0..group as u64).map(|i| draft(n + i)).collect();
-        o.push("bench", &drafts, None).expect("push");
+        o.push("bench", &drafts, &[], outpost::reading::Clock::new().now())
+            .expect("push");
         n += group as u64;
         match period {
             None => {

@@ -9,9 +9,13 @@
 //! pipeline's heartbeat (`last_progress_ms`); and swaps the rules on a
 //! [`Control::Reload`].
 //!
-//! At start the engine's state is restored from the outbox
-//! ([`Evaluator::restore`]); the resolutions a restore emits go out with the
-//! first batch.
+//! The engine's state goes to the outbox as keys that changed (see
+//! `rules::engine::state`): the pairs that emitted alerts ride with those
+//! alerts in every batch; the pairs touched otherwise go in a checkpoint
+//! every [`CHECKPOINT_EVERY`] (and right after a reload); at the end, every
+//! pair with its window samples. At start the state is restored from the
+//! outbox ([`Evaluator::restore`]); the resolutions a restore emits go out
+//! with the first batch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,15 +27,18 @@ use tracing::{debug, error, info, warn};
 
 use crate::outbox::{Batch, Outbox};
 use crate::reading::{Clock, Reading};
-use crate::rules::{AlertDraft, Engine, EngineSnapshot, LocalPublish, Rule};
+use crate::rules::{AlertDraft, Changes, Engine, EngineSnapshot, LocalPublish, Rule};
 use crate::telemetry::Telemetry;
 
 /// How often the engine's timers (`for`, `repeat`, `silent_for`) are checked.
 pub const TICK: Duration = Duration::from_millis(500);
-/// How often the engine state is saved when readings changed it but no alert did.
-pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
+/// How often the pairs that changed without an alert are checkpointed.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(300);
 /// Readings taken from the queue in one go at most.
 const READINGS_PER_GO: usize = 1024;
+/// Drafts handed over in one batch at most: what waits between the
+/// evaluator and the writer is bounded in alerts, not only in batches.
+const DRAFTS_PER_BATCH: usize = 1024;
 
 /// What the runtime tells the evaluator.
 pub enum Control {
@@ -64,25 +71,30 @@ impl Evaluator {
     /// outbox: unchanged rules keep their pairs; firing pairs of rules that
     /// are gone or changed are resolved. An unreadable state starts fresh.
     pub fn restore(rules: Vec<Rule>, outbox: &Outbox, clock: Clock) -> Evaluator {
-        let saved = match outbox.rules_state() {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "cannot read the saved rule state; starting fresh");
-                None
-            }
-        };
         let mut out = Vec::new();
-        let engine = match saved.map(|b| serde_json::from_slice::<EngineSnapshot>(&b)) {
-            Some(Ok(snap)) => {
-                let engine = Engine::restore(rules, snap, clock.now(), &mut out);
-                info!(firing = engine.firing().len(), "rule state restored");
-                engine
+        let now = clock.now();
+        let saved = outbox.take_engine_state().unwrap_or_default();
+        let engine = if !saved.entries.is_empty() {
+            let engine = Engine::restore_state(rules, &saved.entries, now, &mut out);
+            info!(firing = engine.firing().len(), "rule state restored");
+            engine
+        } else {
+            match saved
+                .legacy_snapshot
+                .map(|b| serde_json::from_slice::<EngineSnapshot>(&b))
+            {
+                // An outbox of the earlier format: its one snapshot.
+                Some(Ok(snap)) => {
+                    let engine = Engine::restore(rules, snap, now, &mut out);
+                    info!(firing = engine.firing().len(), "rule state restored");
+                    engine
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "the saved rule state is unreadable; starting fresh");
+                    Engine::new(rules)
+                }
+                None => Engine::new(rules),
             }
-            Some(Err(e)) => {
-                warn!(error = %e, "the saved rule state is unreadable; starting fresh");
-                Engine::new(rules)
-            }
-            None => Engine::new(rules),
         };
         Evaluator { engine, clock, out }
     }
@@ -97,8 +109,9 @@ impl Evaluator {
             out,
             links,
             dirty: false,
+            checkpoint_now: false,
             firing_stale: false,
-            last_snapshot: tokio::time::Instant::now(),
+            last_checkpoint: tokio::time::Instant::now(),
         };
         task.run().await;
     }
@@ -111,11 +124,13 @@ struct Task {
     /// Drafts emitted and not yet handed over.
     out: Vec<AlertDraft>,
     links: Links,
-    /// Readings changed the state since it was last handed over.
+    /// Readings changed the state since the last checkpoint.
     dirty: bool,
+    /// A checkpoint goes with the next batch (after a reload).
+    checkpoint_now: bool,
     /// The firing snapshot in telemetry lags the latest values.
     firing_stale: bool,
-    last_snapshot: tokio::time::Instant,
+    last_checkpoint: tokio::time::Instant,
 }
 
 impl Task {
@@ -138,12 +153,16 @@ impl Task {
                     Some(Control::Reload(rules)) => {
                         self.engine.reload(rules, self.clock.now(), &mut self.out);
                         self.links.telemetry.set_firing(self.engine.firing());
+                        // The new definitions are stored at once: pairs of
+                        // the new rules must never meet the old ones.
+                        self.checkpoint_now = true;
                     }
                     None => control_open = false,
                 },
             }
-            let snapshot_due = self.dirty && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY;
-            if (!self.out.is_empty() || snapshot_due || done) && !self.hand_over().await {
+            let checkpoint_due = self.checkpoint_now
+                || (self.dirty && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
+            if (!self.out.is_empty() || checkpoint_due || done) && !self.hand_over(done).await {
                 error!("outbox writer gone; engine stopping");
                 return;
             }
@@ -154,14 +173,15 @@ impl Task {
         }
     }
 
-    /// One batch, and whatever else is queued (one batch out, one flush).
+    /// One batch, and whatever else is queued (one batch out, one flush),
+    /// up to [`READINGS_PER_GO`] readings or [`DRAFTS_PER_BATCH`] drafts.
     fn on_readings(&mut self, batch: Vec<Reading>) {
         let now = self.clock.now();
         let mut n = batch.len();
         for r in &batch {
             self.engine.on_reading(r, now, &mut self.out);
         }
-        while n < READINGS_PER_GO {
+        while n < READINGS_PER_GO && self.out.len() < DRAFTS_PER_BATCH {
             let Ok(batch) = self.links.readings.try_recv() else {
                 break;
             };
@@ -187,8 +207,8 @@ impl Task {
     }
 
     /// Sends the local actions and hands the drafts and the engine's state
-    /// to the writer; false when the writer is gone.
-    async fn hand_over(&mut self) -> bool {
+    /// to the writer (`done`: the last batch); false when the writer is gone.
+    async fn hand_over(&mut self, done: bool) -> bool {
         let t = &self.links.telemetry;
         if !self.out.is_empty() {
             t.set_firing(self.engine.firing());
@@ -203,23 +223,33 @@ impl Task {
                 None => warn!(broker = %a.broker, "local action for an unknown broker"),
             }
         }
-        let state = match serde_json::to_vec(&self.engine.snapshot(self.clock.now())) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                warn!(error = %e, "cannot serialize the rule state");
-                None
-            }
+        let now = self.clock.now();
+        let transitions = self.engine.state_changes(Changes::Emitted, now);
+        let checkpoint = if done {
+            // The last batch: every pair, with its window samples.
+            Some(self.engine.state_changes(Changes::Full, now))
+        } else if self.checkpoint_now
+            || (self.dirty && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
+        {
+            Some(self.engine.state_changes(Changes::Dirty, now))
+        } else {
+            None
         };
+        let checkpointed = checkpoint.is_some();
         Telemetry::bump_by(&t.alerts_created, self.out.len() as u64);
         let batch = Batch {
             drafts: std::mem::take(&mut self.out),
-            rules_state: state,
+            transitions,
+            checkpoint,
         };
         if self.links.batches.send(batch).await.is_err() {
             return false;
         }
-        self.dirty = false;
-        self.last_snapshot = tokio::time::Instant::now();
+        if checkpointed {
+            self.dirty = false;
+            self.checkpoint_now = false;
+            self.last_checkpoint = tokio::time::Instant::now();
+        }
         true
     }
 }
@@ -309,8 +339,13 @@ mod tests {
         e.readings.send(vec![reading(31.0)]).await.unwrap();
         let b = e.batches.recv().await.unwrap();
         assert_eq!(states(&b), [AlertState::Firing]);
-        let state: EngineSnapshot = serde_json::from_slice(&b.rules_state.unwrap()).unwrap();
-        assert_eq!(state.rules.len(), 1, "the firing pair is in the state");
+        let keys: Vec<&[u8]> = b.transitions.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(
+            keys,
+            [b"rhot".as_slice(), b"p\x00\x03hot\x00\x02s1t".as_slice()],
+            "the rule and the pair that fired go with the alert"
+        );
+        assert!(b.checkpoint.is_none(), "no checkpoint with every alert");
         let a = e.actions.recv().await.unwrap();
         assert_eq!((a.topic.as_str(), a.payload.as_str()), ("fan/set", "ON"));
         assert_eq!(e.telemetry.firing().len(), 1);
@@ -334,17 +369,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn readings_that_change_the_state_but_no_alert_are_saved_on_the_snapshot_period() {
+    async fn readings_that_change_the_state_but_no_alert_are_checkpointed_on_the_period() {
         let mut e = start(vec![rule("hot", 30.0)]);
         let t0 = tokio::time::Instant::now();
         e.readings.send(vec![reading(20.0)]).await.unwrap();
-        // Ticks keep coming; the state is handed over once it is due.
+        // Ticks keep coming; the checkpoint is handed over once it is due.
         let b = e.batches.recv().await.unwrap();
-        assert!(b.drafts.is_empty() && b.rules_state.is_some());
+        assert!(b.drafts.is_empty() && b.checkpoint.is_some());
         assert!(
-            t0.elapsed() >= SNAPSHOT_EVERY,
+            t0.elapsed() >= CHECKPOINT_EVERY,
             "saved after {:?}",
             t0.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_checkpoints_the_new_definitions_with_its_batch() {
+        let mut e = start(vec![rule("hot", 30.0)]);
+        e.control
+            .send(Control::Reload(vec![rule("hot", 35.0)]))
+            .await
+            .unwrap();
+        let b = e.batches.recv().await.unwrap();
+        assert!(b.checkpoint.is_some(), "a checkpoint right after a reload");
+        // The definition rides with the batch (its transitions) and the
+        // outbox puts it in that checkpoint.
+        let def = serde_json::to_vec(&rule("hot", 35.0)).unwrap();
+        assert!(
+            b.transitions
+                .iter()
+                .chain(b.checkpoint.iter().flatten())
+                .any(|(k, v)| k.as_slice() == b"rhot" && v.as_ref() == Some(&def)),
+            "{b:?}"
         );
     }
 
@@ -353,7 +409,7 @@ mod tests {
         let mut e = start(vec![rule("hot", 30.0)]);
         drop(e.readings);
         let b = e.batches.recv().await.unwrap();
-        assert!(b.rules_state.is_some());
+        assert!(b.checkpoint.is_some(), "the last batch carries every pair");
         e.task.await.unwrap();
         assert!(e.batches.recv().await.is_none());
     }

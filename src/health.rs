@@ -185,6 +185,9 @@ mod tests {
             },
             oldest_created_ms: Some(1_800_000_000_000),
             events_pending: 1,
+            unstored: 0,
+            disk_bytes: 4096,
+            storage_error: None,
         }
     }
 

@@ -9,7 +9,7 @@ use std::io::Write;
 use super::{EXIT_FAILURE, EXIT_INVALID, EXIT_OK, OutboxCommand};
 use crate::alert::rfc3339_ms;
 use crate::config::Config;
-use crate::outbox::{OpenEvent, Outbox, OutboxError, OutboxEvent, Record};
+use crate::outbox::{Outbox, OutboxError, OutboxEvent, Record};
 
 pub fn run(cmd: OutboxCommand) -> u8 {
     let (config_path, what) = match &cmd {
@@ -35,12 +35,9 @@ pub fn run(cmd: OutboxCommand) -> u8 {
         return EXIT_FAILURE;
     }
     let outbox = match Outbox::open(dir) {
-        Ok((o, event)) => {
-            if let Some(OpenEvent::Replaced { moved_to, reason }) = event {
-                eprintln!(
-                    "the outbox was corrupt ({reason}); moved it to {} and started a fresh one",
-                    moved_to.display()
-                );
+        Ok((o, events)) => {
+            for e in events {
+                eprintln!("{e}");
             }
             o
         }
@@ -164,6 +161,23 @@ pub fn list(outbox: &Outbox, out: &mut impl Write) -> Result<(), String> {
             OutboxEvent::DatabaseReplaced { moved_to, .. } => {
                 format!("database replaced (old one at {moved_to})")
             }
+            OutboxEvent::Lost {
+                count,
+                seqs,
+                after_seq,
+                ..
+            } => {
+                let after = after_seq
+                    .map(|s| format!(", maybe more after seq {s}"))
+                    .unwrap_or_default();
+                format!(
+                    "lost {count} to damage (seqs {}{after})",
+                    ranges(&seqs.ranges)
+                )
+            }
+            OutboxEvent::Unstored { count, .. } => {
+                format!("{count} alert(s) could not be stored")
+            }
         };
         writeln!(out, "  e{n}: {line}").map_err(io)?;
     }
@@ -199,7 +213,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(dir.path()).unwrap().0;
         let drafts: Vec<_> = (0..2500).map(AlertDraft::for_test).collect();
-        o.push("gw", &drafts, None).unwrap();
+        o.push("gw", &drafts, &[], crate::reading::Clock::new().now())
+            .unwrap();
         let mut buf = Vec::new();
         export(&o, &mut buf).unwrap();
         let text = String::from_utf8(buf).unwrap();
@@ -233,7 +248,14 @@ mod tests {
         });
         let mut d = AlertDraft::for_test(1);
         d.message = "é".repeat(5000);
-        let created = o.push("gw", std::slice::from_ref(&d), None).unwrap();
+        let created = o
+            .push(
+                "gw",
+                std::slice::from_ref(&d),
+                &[],
+                crate::reading::Clock::new().now(),
+            )
+            .unwrap();
         let mut buf = Vec::new();
         export(&o, &mut buf).unwrap();
         let line = buf.strip_suffix(b"\n").unwrap();

@@ -311,7 +311,9 @@ mod tests {
             actions: Vec::new(),
             reason: crate::rules::Reason::Transition,
         };
-        st.outbox.push("gw", &[draft], None).unwrap();
+        st.outbox
+            .push("gw", &[draft], &[], crate::reading::Clock::new().now())
+            .unwrap();
         let r = get(st, "/status").await;
         assert_eq!(r.status, 200);
         assert_eq!(r.content_type.as_deref(), Some("application/json"));

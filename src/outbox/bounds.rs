@@ -1,236 +1,200 @@
-//! The bounds: `max_bytes` enforced in the batch of every push, `max_age`
-//! on the writer's timer, and the eviction both make (alerts removed, drop
-//! counters advanced and the `dropped` event written, in one batch).
+//! The bounds and what they drop: `max_bytes` after every push, `max_age`
+//! on the wait clock, a full disk; and alerts that could not be stored.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-use tracing::warn;
-
-use super::event::{BySeverity, DropReason, OutboxEvent};
-use super::keys::*;
-use super::{Outbox, OutboxError, State};
-use crate::alert::{DEFAULT_MAX_PAYLOAD, rfc3339_ms};
-use crate::rules::Severity;
-
-/// The outbox bounds: `[outbox] max_bytes` and `max_age`, and the largest
-/// payload stored (`[upstream] max_payload`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
-    /// Payload bytes of waiting alerts, at most.
-    pub max_bytes: u64,
-    /// Alerts older than this are dropped; `None`: never.
-    pub max_age: Option<Duration>,
-    /// Largest alert payload: a longer one has its message cut at push
-    /// ([`Alert::to_payload`](crate::alert::Alert::to_payload)), so what is
-    /// stored is what is published.
-    pub max_payload: usize,
-}
-
-impl Bounds {
-    /// No bound on bytes or age; payloads cut at the default `max_payload`.
-    pub const DEFAULT: Bounds = Bounds {
-        max_bytes: u64::MAX,
-        max_age: None,
-        max_payload: DEFAULT_MAX_PAYLOAD,
-    };
-}
-
-/// 2020-01-01T00:00:00Z: creation times before it mean the clock was not set.
-pub(super) const SANE_WALL_MS: i64 = 1_577_836_800_000;
-
-/// Records looked at per `expire` call at most (bounds the work per tick).
-pub(super) const EXPIRE_SCAN: usize = 4096;
-
-/// What an eviction changes in memory once its batch is applied.
-#[derive(Debug, Default)]
-pub(super) struct Effects {
-    pub(super) counts: BySeverity,
-    pub(super) freed: u64,
-    /// The next event number, when a new event was started.
-    pub(super) new_event: Option<u64>,
-}
-
-/// One alert chosen for eviction.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Victim {
-    pub(super) seq: u64,
-    pub(super) severity: Severity,
-    pub(super) len: u64,
-    pub(super) reason: DropReason,
-}
-
-/// `counter += plus - minus`, as one atomic update.
-pub(super) fn add_signed(counter: &AtomicU64, plus: u64, minus: u64) {
-    if plus >= minus {
-        counter.fetch_add(plus - minus, Ordering::Relaxed);
-    } else {
-        counter.fetch_sub(minus - plus, Ordering::Relaxed);
-    }
-}
+use super::*;
 
 impl Outbox {
-    /// What to drop so that the stored bytes plus `added` (the `fresh`
-    /// alerts about to be stored) fit `max_bytes`: info, then warning, then
-    /// critical; oldest first within each (fresh ones are the newest).
-    pub(super) fn over_bytes(
-        &self,
-        st: &State,
-        added: u64,
-        fresh: &[Victim],
-    ) -> Result<Vec<Victim>, OutboxError> {
-        let mut over = (self.bytes() + added).saturating_sub(st.bounds.max_bytes);
-        let mut victims = Vec::new();
+    /// Drops what is over the byte bound (or the lowered one of a full disk).
+    pub(super) fn enforce_bytes(&self, st: &mut Inner, now: Now) -> Result<(), OutboxError> {
+        let cap = st.bounds.max_bytes.min(st.disk_cap.unwrap_or(u64::MAX));
+        let mut over = st.index.bytes().saturating_sub(cap);
         if over == 0 {
-            return Ok(victims);
+            return Ok(());
         }
-        for sev in SEVERITIES {
-            let stored = self
-                .tree
-                .scan_prefix([INDEX, severity_byte(sev)])
-                .map(|kv| {
-                    let (k, v) = kv.map_err(OutboxError::Write)?;
-                    Ok(key_seq(&k).map(|seq| Victim {
-                        seq,
-                        severity: sev,
-                        len: u64::from(u32_value(&v)),
-                        reason: DropReason::MaxBytes,
-                    }))
-                });
-            let new = fresh
-                .iter()
-                .filter(|v| v.severity == sev)
-                .map(|v| Ok(Some(*v)));
-            for v in stored.chain(new) {
-                let Some(v) = v? else { continue };
-                victims.push(v);
-                over = over.saturating_sub(v.len.max(1));
-                if over == 0 {
-                    return Ok(victims);
-                }
-            }
-        }
-        Ok(victims)
-    }
-
-    /// Drops alerts created more than `max_age` before `now_ms`, oldest
-    /// first. Call periodically. Returns how many were dropped.
-    pub fn expire(&self, now_ms: i64) -> Result<u64, OutboxError> {
-        let mut st = self.lock();
-        let Some(age) = st.bounds.max_age else {
-            return Ok(0);
+        let reason = if st.disk_cap.is_some_and(|c| c < st.bounds.max_bytes) {
+            DropReason::DiskFull
+        } else {
+            DropReason::MaxBytes
         };
-        let cutoff = now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
         let mut victims = Vec::new();
-        for kv in self.tree.scan_prefix([ALERT]).take(EXPIRE_SCAN) {
-            let (k, v) = kv.map_err(OutboxError::Write)?;
-            let Some(seq) = key_seq(&k) else { continue };
-            let Ok(r) = Record::decode(seq, &v) else {
-                continue;
-            };
-            if r.created_ms < SANE_WALL_MS {
-                continue; // the clock was not set: age unknown
-            }
-            if r.created_ms >= cutoff {
+        for (seq, sev, e) in st.index.eviction_order() {
+            victims.push((seq, sev));
+            over = over.saturating_sub(u64::from(e.payload).max(1));
+            if over == 0 {
                 break;
             }
-            victims.push(Victim {
-                seq,
-                severity: r.severity,
-                len: r.payload.len() as u64,
-                reason: DropReason::MaxAge,
-            });
         }
-        if victims.is_empty() {
-            return Ok(0);
-        }
-        let mut batch = sled::Batch::default();
-        let effects = self.evict_into(&mut batch, &st, &victims, now_ms)?;
-        batch.insert(
-            COUNTS,
-            &counts_value(
-                self.depth().saturating_sub(victims.len() as u64),
-                self.bytes().saturating_sub(effects.freed),
-            ),
-        );
-        self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
-        self.depth
-            .fetch_sub(victims.len() as u64, Ordering::Relaxed);
-        self.bytes.fetch_sub(effects.freed, Ordering::Relaxed);
-        self.applied(&mut st, effects, &victims);
-        Ok(victims.len() as u64)
+        self.drop_locked(st, &victims, reason, now)
     }
 
-    /// Adds to `batch` the removal of `victims`, the advanced drop counters
-    /// and the `dropped` event that reports them (merged into the newest
-    /// event when that one is an unsealed `dropped` one).
-    pub(super) fn evict_into(
+    /// Drops `victims`, counted and reported by one record.
+    pub(super) fn drop_locked(
         &self,
-        batch: &mut sled::Batch,
-        st: &State,
-        victims: &[Victim],
-        now_ms: i64,
-    ) -> Result<Effects, OutboxError> {
-        let mut fx = Effects::default();
+        st: &mut Inner,
+        victims: &[(u64, Severity)],
+        reason: DropReason,
+        now: Now,
+    ) -> Result<(), OutboxError> {
         if victims.is_empty() {
-            return Ok(fx);
+            return Ok(());
         }
-        let ts = rfc3339_ms(now_ms);
-        let (n, mut ev, new) = match self.last_event()? {
-            Some((n, e @ OutboxEvent::Dropped { .. })) if n >= st.sealed_below => (n, e, false),
-            _ => (st.next_event, OutboxEvent::dropped(ts.clone()), true),
+        let ts = rfc3339_ms(now.wall_ms);
+        let (n, mut ev) = match st.events.iter().next_back() {
+            Some((n, e @ OutboxEvent::Dropped { .. })) if *n >= st.sealed_below => (*n, e.clone()),
+            _ => (st.next_event, OutboxEvent::dropped(ts.clone())),
         };
-        for v in victims {
-            // Removes override inserts of the same key earlier in the batch.
-            batch.remove(&seq_key(v.seq));
-            batch.remove(&index_key(v.severity, v.seq));
-            fx.counts.add(v.severity, 1);
-            fx.freed += v.len;
-            ev.add_drop(v.seq, v.severity, v.reason, &ts);
+        let mut counts = BySeverity::default();
+        for (seq, sev) in victims {
+            ev.add_drop(*seq, *sev, reason, &ts);
+            counts.add(*sev, 1);
+        }
+        let json = serde_json::to_vec(&ev).unwrap_or_default();
+        let w = st.clock.w(now);
+        let body = record::drop(
+            w,
+            now.wall_ms,
+            &record::Drop {
+                reason: match reason {
+                    DropReason::MaxBytes => 0,
+                    DropReason::MaxAge => 1,
+                    DropReason::DiskFull => 2,
+                },
+                counts: [counts.info, counts.warning, counts.critical],
+                seqs: index::ranges_of(victims.iter().map(|v| v.0)),
+                event: n,
+                event_json: &json,
+            },
+        );
+        st.append(&body, now)?;
+        for (seq, _) in victims {
+            st.index.remove(*seq);
         }
         for s in SEVERITIES {
-            let c = fx.counts.get(s);
-            if c > 0 {
-                let total = self.dropped[sev_index(s)].load(Ordering::Relaxed) + c;
-                batch.insert(dropped_key(s), &total.to_be_bytes());
-            }
+            st.dropped.add(s, counts.get(s));
         }
-        batch.insert(&event_key(n), event_bytes(&ev));
-        if new {
-            batch.insert(NEXT_EVENT, &(n + 1).to_be_bytes());
-            fx.new_event = Some(n + 1);
-        }
-        Ok(fx)
-    }
-
-    /// The in-memory side of an applied eviction (but depth and bytes,
-    /// which the caller updates), and its (rate-limited) log line.
-    pub(super) fn applied(&self, st: &mut State, fx: Effects, victims: &[Victim]) {
-        if victims.is_empty() {
-            return;
-        }
-        if let Some(next) = fx.new_event {
-            st.next_event = next;
-            self.events.fetch_add(1, Ordering::Relaxed);
-        }
-        for s in SEVERITIES {
-            self.dropped[sev_index(s)].fetch_add(fx.counts.get(s), Ordering::Relaxed);
-        }
-        let n = victims.len() as u64;
+        st.events.insert(n, ev);
+        st.next_event = st.next_event.max(n + 1);
+        st.changed = true;
         if let Some(suppressed) = st.drop_log.check(Instant::now()) {
-            let first = victims.iter().map(|v| v.seq).min().unwrap_or(0);
-            let last = victims.iter().map(|v| v.seq).max().unwrap_or(0);
             warn!(
-                dropped = n,
-                info = fx.counts.info,
-                warning = fx.counts.warning,
-                critical = fx.counts.critical,
-                first,
-                last,
-                reason = ?victims[0].reason,
+                dropped = victims.len(),
+                info = counts.info,
+                warning = counts.warning,
+                critical = counts.critical,
+                first = victims.iter().map(|v| v.0).min().unwrap_or(0),
+                last = victims.iter().map(|v| v.0).max().unwrap_or(0),
+                reason = ?reason,
                 similar_warnings_suppressed = suppressed,
                 "outbox bound reached: alerts dropped (reported on the events topic)"
             );
         }
+        Ok(())
+    }
+
+    /// Counts alerts that could not be stored (the disk refuses writes),
+    /// into an `unstored` event appended as soon as a write succeeds.
+    pub fn count_unstored(&self, drafts: &[AlertDraft], reason: &str, now: Now) {
+        if drafts.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        let ts = rfc3339_ms(now.wall_ms);
+        let n = match st.unstored_event {
+            Some(n) if n >= st.sealed_below && st.events.contains_key(&n) => n,
+            _ => {
+                let n = st.next_event;
+                st.next_event += 1;
+                st.events
+                    .insert(n, OutboxEvent::unstored(reason.to_string(), ts.clone()));
+                st.unstored_event = Some(n);
+                n
+            }
+        };
+        if let Some(ev) = st.events.get_mut(&n) {
+            for d in drafts {
+                ev.add_unstored(d.severity, &ts);
+            }
+        }
+        st.changed = true;
+        self.unstored
+            .fetch_add(drafts.len() as u64, Ordering::Relaxed);
+        // Appended when possible; kept in memory meanwhile.
+        if let Some(ev) = st.events.get(&n).cloned()
+            && st.append_event(n, &ev, now).is_ok()
+        {
+            self.storage_ok();
+        }
+        self.publish_counters(&st);
+    }
+
+    /// Drops alerts that waited longer than `max_age`, oldest first. Call
+    /// periodically. Returns how many were dropped.
+    pub fn expire(&self, now: Now) -> Result<u64, OutboxError> {
+        let mut st = self.lock();
+        st.last = now;
+        let Some(age) = st.bounds.max_age else {
+            return Ok(0);
+        };
+        let cutoff = st
+            .clock
+            .w(now)
+            .saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+        let mut victims = Vec::new();
+        for (seq, sev, e) in st.index.after(None, EXPIRE_SCAN) {
+            let Some(file) = st.log.file(e.loc.seg) else {
+                continue;
+            };
+            let mut head = [0u8; record::CREATED_W_END];
+            if file.read_exact_at(&mut head, u64::from(e.loc.off)).is_err() {
+                continue;
+            }
+            let Some(created_w) = record::created_w(&head) else {
+                continue;
+            };
+            // Wait-clock times grow with seqs: the first young one ends it.
+            if created_w >= cutoff {
+                break;
+            }
+            victims.push((seq, sev));
+        }
+        let n = victims.len() as u64;
+        let r = self.drop_locked(&mut st, &victims, DropReason::MaxAge, now);
+        self.publish_counters(&st);
+        r.map(|()| n)
+    }
+
+    /// The disk is full: lower the bound to what it holds when the outbox's
+    /// own files fill it (dropping by the usual order), give back the
+    /// reserve so the drop and a checkpoint can be written, and free the
+    /// segments that made unnecessary. Returns whether room was made.
+    pub fn relieve_full_disk(&self, now: Now) -> bool {
+        let mut st = self.lock();
+        st.last = now;
+        if let Some(r) = st.reserve.take() {
+            let _ = std::fs::remove_file(r);
+        }
+        let ours = st.log.disk_bytes();
+        let fs = filesystem_bytes(&self.dir).unwrap_or(0);
+        let mut made_room = false;
+        // Only when we are what fills the disk: a disk filled by something
+        // else is not a reason to drop alerts that are safely stored.
+        if fs > 0 && ours.saturating_mul(2) >= fs && st.index.bytes() > 0 {
+            let cap = st.index.bytes() * 3 / 4;
+            if st.disk_cap.is_none_or(|c| cap < c) {
+                warn!(
+                    max_bytes = st.bounds.max_bytes,
+                    lowered_to = cap,
+                    filesystem = fs,
+                    "the disk is full and the outbox fills it: its bound is lowered to what the disk holds"
+                );
+            }
+            st.disk_cap = Some(cap);
+            made_room = self.enforce_bytes(&mut st, now).is_ok();
+        }
+        if self.checkpoint_locked(&mut st, now).is_ok() {
+            made_room = true;
+        }
+        self.publish_counters(&st);
+        made_room
     }
 }

@@ -25,6 +25,9 @@ pub enum DropReason {
     MaxBytes,
     /// The alert was older than `max_age`.
     MaxAge,
+    /// The disk was full and the outbox's own files filled it: its byte
+    /// bound was lowered to what the disk holds.
+    DiskFull,
 }
 
 /// Counts per severity.
@@ -65,6 +68,12 @@ impl BySeverity {
 pub struct ByReason {
     pub max_bytes: u64,
     pub max_age: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disk_full: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Sorted, disjoint, non-adjacent `[first, last]` seq ranges.
@@ -103,6 +112,30 @@ impl Ranges {
             self.ranges[i][1] = end;
             self.ranges.remove(i + 1);
         }
+        while self.ranges.len() > MAX_RANGES {
+            self.merge_closest();
+        }
+    }
+
+    /// Adds every seq of `[first, last]`.
+    pub fn insert_range(&mut self, first: u64, last: u64) {
+        if first > last {
+            return;
+        }
+        let i = self
+            .ranges
+            .partition_point(|r| r[1].saturating_add(1) < first);
+        let mut j = i;
+        let (mut a, mut b) = (first, last);
+        while let Some(r) = self.ranges.get(j) {
+            if r[0] > b.saturating_add(1) {
+                break;
+            }
+            a = a.min(r[0]);
+            b = b.max(r[1]);
+            j += 1;
+        }
+        self.ranges.splice(i..j, [[a, b]]);
         while self.ranges.len() > MAX_RANGES {
             self.merge_closest();
         }
@@ -156,6 +189,41 @@ pub enum OutboxEvent {
         moved_to: String,
         reason: String,
         ts: String,
+        /// Alerts that will not be sent because of it (the checkpoint store
+        /// alone holds no alerts: 0 there).
+        #[serde(default)]
+        alerts_lost: u64,
+    },
+    /// Part of the outbox's files was damaged (a torn write after a power
+    /// cut, a bad SD card sector) and the alerts stored there are gone.
+    /// `count` and the ranges are what could be established; `exact` is
+    /// false when more may be lost (a damaged end of the log). When the end
+    /// was damaged, new alerts carry a new id prefix (`new_prefix`), so no
+    /// id can repeat one that was lost.
+    Lost {
+        count: u64,
+        #[serde(flatten)]
+        seqs: Ranges,
+        /// Every alert after this seq may be lost too (the end of the log
+        /// was damaged: how many came after it cannot be known).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_seq: Option<u64>,
+        reason: String,
+        /// Where the damaged file was kept for inspection.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kept: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        new_prefix: Option<String>,
+        ts: String,
+    },
+    /// Alerts the rules created that could not be stored (the disk was
+    /// full, or failing): they have no seq and will never be sent.
+    Unstored {
+        count: u64,
+        by_severity: BySeverity,
+        reason: String,
+        first_ts: String,
+        last_ts: String,
     },
 }
 
@@ -190,6 +258,7 @@ impl OutboxEvent {
         match reason {
             DropReason::MaxBytes => by_reason.max_bytes = by_reason.max_bytes.saturating_add(1),
             DropReason::MaxAge => by_reason.max_age = by_reason.max_age.saturating_add(1),
+            DropReason::DiskFull => by_reason.disk_full = by_reason.disk_full.saturating_add(1),
         }
         seqs.insert(seq);
         ts.clone_into(last_ts);
@@ -204,6 +273,36 @@ impl OutboxEvent {
             o.insert("gateway".into(), gateway.into());
         }
         serde_json::to_vec(&v).unwrap_or_default()
+    }
+}
+
+impl OutboxEvent {
+    /// A fresh `unstored` event.
+    pub fn unstored(reason: String, ts: String) -> OutboxEvent {
+        OutboxEvent::Unstored {
+            count: 0,
+            by_severity: BySeverity::default(),
+            reason,
+            first_ts: ts.clone(),
+            last_ts: ts,
+        }
+    }
+
+    /// Counts one alert that could not be stored; false for another kind.
+    pub fn add_unstored(&mut self, severity: Severity, ts: &str) -> bool {
+        let OutboxEvent::Unstored {
+            count,
+            by_severity,
+            last_ts,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        *count = count.saturating_add(1);
+        by_severity.add(severity, 1);
+        ts.clone_into(last_ts);
+        true
     }
 }
 
@@ -275,6 +374,9 @@ mod tests {
             }
             prop_assert!(r.ranges.iter().all(|x| x[0] <= x[1]));
             prop_assert!(r.ranges.len() <= MAX_RANGES);
+            let mut by_range = Ranges::new();
+            for s in &seqs { by_range.insert_range(*s, *s); }
+            if r.exact { prop_assert_eq!(&by_range, &r); }
             for s in &seqs { prop_assert!(r.contains(*s)); }
             if r.exact {
                 let set: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();

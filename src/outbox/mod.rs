@@ -1,126 +1,287 @@
 //! The durable outbox: every alert is written here before it is published,
 //! and leaves only when the upstream broker acknowledged that very alert, or
-//! when the bound drops it (counted and reported).
+//! when a bound drops it (counted and reported).
 //!
-//! This is the only module that imports sled. Code map: this file opens the
-//! database and holds the store's operations; `keys.rs` the format below;
-//! `bounds.rs` the bounds and the evictions they make; `event.rs` the events
-//! (pure); `writer.rs` the task that stores what the evaluator emits and
-//! announces what may be published; `tests.rs` the model check.
+//! # Design
 //!
-//! # Format
+//! `state_dir/outbox/` holds a write-ahead log of segment files (`log/`,
+//! see [`log`]) and a checkpoint store (`meta/`, sled, see [`meta`]). The
+//! log is the source of truth: alerts are appended to it and made durable
+//! with one `fdatasync` per group of alerts created together (group
+//! commit), the rule engine's transitions that produced them ride in the
+//! same record (so a crash can neither re-fire nor forget an alert), and
+//! acknowledgements, drops and events are appended as small records that
+//! need no sync of their own: at-least-once already allows a re-send after
+//! a crash, and the next commit's sync carries them anyway. In memory the
+//! outbox keeps only where each waiting alert is ([`index`], about 40 bytes
+//! each), never the payloads: memory does not grow with the backlog's bytes.
 //!
-//! One sled tree, `outbox`, four key spaces. Integers are big-endian, so
-//! sled's key order is numeric order.
+//! A checkpoint (counters, pending events, which seqs no longer wait, the
+//! engine's state, and the log position they reflect) is written to the
+//! store every few minutes, before whole segments are removed, and at a
+//! clean stop; a restart replays only the log after it. The engine's state
+//! is written as the pairs that changed, one sled key each.
 //!
-//! - `a` + seq (u64): one alert. Value: a 10-byte header, format byte `1`,
-//!   severity (`0` info, `1` warning, `2` critical), creation time (wall
-//!   clock, Unix ms, i64), then the exact JSON payload that is published
-//!   (an alert over [`Bounds::max_payload`] is stored with its message cut,
-//!   as it will be published: `outpost outbox export` prints these bytes).
-//! - `s` + severity (u8) + seq (u64): the severity index, one entry per
-//!   alert; value the payload length (u32). Eviction walks `s0…`, then
-//!   `s1…`, then `s2…`: lowest severity first, oldest first within one,
-//!   without reading payloads. Opening sums these entries for the depth and
-//!   byte counters (only the small index is read, not every payload).
-//! - `e` + n (u64): a pending event for `{topic_prefix}/events` (JSON of
-//!   [`OutboxEvent`]), removed on the broker's PUBACK for it.
-//! - `m` + name: metadata. `m/next_seq` the seq the next alert gets,
-//!   `m/db_id` the 6 hex digits that make alert ids unique even if this
-//!   database is ever replaced, `m/rules_state` the rule engine's snapshot,
-//!   `m/next_event` the next event number, `m/dropped/{info,warning,critical}`
-//!   how many alerts the bound dropped, ever, in this database, and
-//!   `m/counts` the number of waiting alerts and their payload bytes (two
-//!   u64 BE), written in the same batch as every change to them, so opening
-//!   a large backlog reads no index (reading 100,000 index entries cost
-//!   ~10 MiB of RSS that sled never gave back).
+//! Record formats are in [`record`]; why not sled alone is in
+//! ARCHITECTURE.md (sled 0.34 wrote 9-10 KiB per alert committed alone and
+//! ~4x the payload in groups, and flushes with `sync_file_range`).
 //!
 //! # Durability contract
 //!
-//! - Every change is one sled batch, so after a crash either all of it is
-//!   there or none: [`Outbox::push`] writes the alerts, their index entries,
-//!   the advanced `next_seq` and (if given) the engine snapshot together; an
-//!   eviction removes alerts and index entries and writes the drop counters
-//!   and the event reporting them together; [`Outbox::ack`] removes an alert
-//!   and its index entry together. A seq is never reused; the index and the
-//!   counters never disagree with the alerts.
-//! - Written is not yet durable: only after [`Outbox::flush`] returns are the
-//!   writes guaranteed to survive a crash or power cut (sled's `flush`
-//!   contract); it returns the highest seq it covers
-//!   ([`Outbox::flushed_through`]). With `flush = "always"` the writer
-//!   flushes before it announces a seq as publishable, and alerts pushed
-//!   together share one flush (group commit).
-//!   sled's own background flush (every 500 ms) still runs: it also reclaims
-//!   space, and it bounds what kill -9 can lose under a `flush` period.
-//! - [`Outbox::ack`] removes one alert, by seq ([`Outbox::ack_many`] several,
-//!   in one batch). It is called only for the PUBACK of that alert (see
-//!   `upstream`), never before: reading never removes (no `pop_min`), so
-//!   at-least-once holds across crashes.
+//! - [`Outbox::push`] appends alerts with consecutive seqs and the engine
+//!   transitions that made them, as one record: after a crash it is there
+//!   whole or not at all. Not yet durable: only after [`Outbox::flush`]
+//!   returns are the writes guaranteed to survive a crash or power cut.
+//!   With `flush = "always"` the writer flushes before it announces alerts
+//!   to the upstream.
+//! - A seq is never reused under the same id prefix (`db_id`). The next seq
+//!   is derived from the log itself (every segment starts with a record
+//!   that carries it) and from the checkpoint, whichever is higher. If the
+//!   end of the log is found damaged, or the checkpoint points past it (the
+//!   files went back in time), or (with a flush period) the last run did
+//!   not stop cleanly, alerts from then on get a new `db_id`: an alert that
+//!   was lost can never have its id reused by a new one.
+//! - [`Outbox::ack`] removes one alert; call it only for the PUBACK of that
+//!   alert. Reading never removes. An acknowledgement not yet on disk when
+//!   the process dies makes that alert be sent again: at most
+//!   [`ACK_RECORD_EVERY`] alerts, or those of the last [`ACK_DELAY`].
 //! - Bounds ([`Bounds`]): after every push, while the payload bytes exceed
 //!   `max_bytes`, alerts are dropped, info before warning before critical,
-//!   oldest first within a severity (a new info alert can be dropped at once
-//!   when only critical ones are older). [`Outbox::expire`] (called
-//!   periodically) drops alerts created more than `max_age` ago, oldest
-//!   first; alerts stamped before 2020 (a Pi that booted without a real-time
-//!   clock and had not synced yet) are never aged out, only bounded by size.
-//!   `max_bytes` counts payload bytes; sled's files are larger (log, pages).
-//! - A database that will not open (sled reports corruption, e.g. after a
-//!   power cut) is moved aside to `outbox.corrupt-<unix time>` and a fresh
-//!   one is started, with a new `db_id`, so ids stay unique; a
-//!   `database_replaced` event is stored in the fresh one, and the event is
-//!   returned to the caller to log and count. The gateway never crash-loops
-//!   on it.
+//!   oldest first within a severity; the drop, its counters and the
+//!   `dropped` event that reports it are one record. [`Outbox::expire`]
+//!   drops alerts that *waited* longer than `max_age`, measured on the wait
+//!   clock: monotonic while running, plus the downtime across a restart
+//!   only when the wall clock was plausible on both sides. A Pi without a
+//!   real-time clock that boots with a stale clock and then jumps when NTP
+//!   syncs ages nothing by the jump.
+//! - A full disk: a write that fails leaves nothing half-written (the
+//!   partial record is cut off) and the outbox reports itself failing
+//!   ([`Outbox::storage_error`]) until a write succeeds. When the outbox's
+//!   own files are what fills the disk, its byte bound is lowered to what
+//!   the disk holds and alerts are dropped by the same rules (reason
+//!   `disk_full`), so new alerts find room. Alerts that could not be stored
+//!   at all are counted ([`Outbox::unstored`]) and reported by an
+//!   `unstored` event.
+//! - Damage found at open (a torn write, a cut file, flipped bits): the
+//!   records it hit are reported by a `lost` event with the seqs that could
+//!   be established; the rest of the log is read on; the damaged file is
+//!   kept aside. A checkpoint store that will not open is repaired or
+//!   replaced (the log alone restores every alert). The gateway never
+//!   crash-loops on its own files.
 //!
-//! All changes go through one mutex, so an ack and an eviction of the same
-//! alert cannot both count it. Reads (`after`, counters) take no lock.
-//!
-//! sled is tuned for a small device: a 4 MiB page cache instead of 1 GiB
-//! (RSS grows with it), low-space mode.
+//! All changes go through one mutex. Payloads are read outside it.
 
 mod bounds;
 pub mod event;
-mod keys;
+mod housekeeping;
+pub mod index;
+pub mod log;
+pub mod meta;
+mod open;
+mod read;
+pub mod record;
+mod v1;
 mod writer;
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::alert::{Alert, rfc3339_ms};
+use crate::reading::Now;
 use crate::rules::{AlertDraft, Severity};
 use crate::telemetry::WarnLimiter;
-pub use bounds::Bounds;
-use bounds::{Victim, add_signed};
 pub use event::{BySeverity, DropReason, OutboxEvent};
-pub use keys::Record;
-use keys::*;
+use index::{Entry, Index, SEVERITIES};
+use log::{Damage, Loc, Log, LogError};
+use meta::{Checkpoint, Meta, MetaError, Repair};
+use record::{AlertEntry, Body};
 pub use writer::{Batch, Writer};
+
+/// Acknowledgements held before they are appended (a crash re-sends at most these).
+pub const ACK_RECORD_EVERY: usize = 64;
+/// How long acknowledgements may wait to be appended when no alert comes.
+pub const ACK_DELAY: Duration = Duration::from_secs(5);
+/// How often a checkpoint is written while anything changed.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(300);
+/// Largest record body a push writes (bigger pushes are split).
+const MAX_COMMIT: usize = 256 << 10;
+/// Segment size bounds; the size follows `max_bytes` between them.
+const SEGMENT_MIN: u64 = 64 << 10;
+const SEGMENT_MAX: u64 = 1 << 20;
+/// 2020-01-01T00:00:00Z: an earlier wall clock was not set.
+const SANE_WALL_MS: i64 = 1_577_836_800_000;
+/// A downtime longer than this is not believed (a clock set far ahead).
+const MAX_DOWNTIME_MS: i64 = 366 * 24 * 3_600_000;
+/// Alerts looked at per `expire` call at most (bounds the work per tick).
+const EXPIRE_SCAN: usize = 4096;
+/// Space set aside at open and given back when the disk is full, so the
+/// records that free space (drops, a checkpoint) can still be written.
+const RESERVE_BYTES: u64 = 128 << 10;
+/// Reads of adjacent alerts are merged up to this many bytes.
+const READ_SPAN: u64 = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("outbox database at {path}: {source}")]
-    Open { path: PathBuf, source: sled::Error },
-    #[error("outbox database at {path} is in use by another process (is another outpost running?)")]
-    Locked { path: PathBuf },
-    #[error("cannot move the corrupt outbox {path} aside: {source}")]
-    MoveAside {
+    #[error("outbox {path}: {source}")]
+    Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("outbox write failed: {0}")]
-    Write(sled::Error),
+    #[error("outbox log: {0}")]
+    Log(#[from] LogError),
+    #[error("{0}")]
+    Meta(#[from] MetaError),
+    #[error("outbox at {path} is in use by another process (is another outpost running?)")]
+    Locked { path: PathBuf },
     #[error("outbox record {seq} is unreadable: {reason}")]
     Record { seq: u64, reason: String },
+    #[error("cannot import the old outbox {path}: {reason}")]
+    Import { path: PathBuf, reason: String },
 }
 
-/// What happened while opening, for the log and the events topic.
+impl OutboxError {
+    /// The disk (or its quota) is full.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            OutboxError::Log(e) => e.is_no_space(),
+            OutboxError::Io { source, .. } => {
+                source.raw_os_error() == Some(libc::ENOSPC)
+                    || source.raw_os_error() == Some(libc::EDQUOT)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What happened while opening, for the log (each is also an event on
+/// `{prefix}/events` where subscribers need to know).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpenEvent {
-    /// A corrupt database was moved to `moved_to` and a fresh one started.
+    /// The checkpoint store would not open and was replaced by a fresh one
+    /// (no alert is lost: the log holds them).
     Replaced { moved_to: PathBuf, reason: String },
+    /// The checkpoint store was repaired (sled rebuilt it from its log).
+    Repaired { kept: PathBuf, reason: String },
+    /// Damage in the log: `count` alerts could be established as lost.
+    Damaged {
+        count: u64,
+        exact: bool,
+        kept: Option<PathBuf>,
+        reason: String,
+    },
+    /// Alerts from now on carry a new id prefix.
+    NewPrefix {
+        old: String,
+        new: String,
+        reason: String,
+    },
+    /// An outbox of the earlier format (one sled database) was imported.
+    Imported { alerts: u64, from: PathBuf },
+}
+
+impl std::fmt::Display for OpenEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenEvent::Replaced { moved_to, reason } => write!(
+                f,
+                "the outbox checkpoint store would not open ({reason}); moved it to {} and started a fresh one (every alert is in the log)",
+                moved_to.display()
+            ),
+            OpenEvent::Repaired { kept, reason } => write!(
+                f,
+                "the outbox checkpoint store was damaged ({reason}); rebuilt it (damaged files kept in {})",
+                kept.display()
+            ),
+            OpenEvent::Damaged {
+                count,
+                exact,
+                kept,
+                reason,
+            } => write!(
+                f,
+                "the outbox log was damaged ({reason}): {}{count} alert(s) lost{}",
+                if *exact { "" } else { "at least " },
+                kept.as_ref()
+                    .map(|k| format!("; damaged file kept as {}", k.display()))
+                    .unwrap_or_default()
+            ),
+            OpenEvent::NewPrefix { old, new, reason } => write!(
+                f,
+                "alert ids change prefix from {old} to {new} ({reason}), so none can repeat one that may have been sent"
+            ),
+            OpenEvent::Imported { alerts, from } => write!(
+                f,
+                "imported {alerts} waiting alert(s) from the earlier outbox format at {}",
+                from.display()
+            ),
+        }
+    }
+}
+
+/// The outbox bounds: `[outbox] max_bytes` and `max_age`, and the largest
+/// payload stored (`[upstream] max_payload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Payload bytes of waiting alerts, at most.
+    pub max_bytes: u64,
+    /// Alerts that waited longer than this are dropped; `None`: never.
+    pub max_age: Option<Duration>,
+    /// Largest alert payload: a longer one has its message cut at push
+    /// ([`Alert::to_payload`]), so what is stored is what is published.
+    pub max_payload: usize,
+}
+
+impl Bounds {
+    /// No bound on bytes or age; payloads cut at the default `max_payload`.
+    pub const DEFAULT: Bounds = Bounds {
+        max_bytes: u64::MAX,
+        max_age: None,
+        max_payload: crate::alert::DEFAULT_MAX_PAYLOAD,
+    };
+}
+
+/// How to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// `flush = "always"`: alerts are published only once durable, so an
+    /// unclean stop cannot have published a seq the log lost.
+    pub flush_always: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { flush_always: true }
+    }
+}
+
+/// One stored alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub seq: u64,
+    pub severity: Severity,
+    pub state: crate::rules::AlertState,
+    /// When it was created (wall clock, Unix ms).
+    pub created_ms: i64,
+    pub rule: String,
+    pub sensor: String,
+    /// The JSON payload, exactly as published.
+    pub payload: Vec<u8>,
+}
+
+impl Record {
+    pub fn alert(&self) -> Result<Alert, OutboxError> {
+        serde_json::from_slice(&self.payload).map_err(|e| OutboxError::Record {
+            seq: self.seq,
+            reason: e.to_string(),
+        })
+    }
 }
 
 /// A snapshot of the counters, for health, status and `outbox list`.
@@ -133,387 +294,286 @@ pub struct Stats {
     /// Creation time of the oldest waiting alert.
     pub oldest_created_ms: Option<i64>,
     pub events_pending: u64,
+    /// Alerts that could not be stored, since start.
+    pub unstored: u64,
+    /// Bytes the outbox's files take on disk (log and checkpoint store).
+    pub disk_bytes: u64,
+    /// Why storage is failing, while it is.
+    pub storage_error: Option<String>,
 }
 
-/// What the mutex guards: everything a change must see consistently.
-struct State {
+/// The rule engine's state as the outbox restored it: the checkpoint's,
+/// with the transitions logged after it applied in order.
+#[derive(Debug, Default)]
+pub struct EngineState {
+    pub entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// A whole snapshot from the earlier outbox format, if imported.
+    pub legacy_snapshot: Option<Vec<u8>>,
+}
+
+/// The monotonic "time waited" clock alert ages are measured on.
+#[derive(Debug, Clone, Copy)]
+struct WaitClock {
+    w_at_open: i64,
+    mono_at_open: u64,
+}
+
+impl WaitClock {
+    fn w(&self, now: Now) -> i64 {
+        self.w_at_open.saturating_add(
+            i64::try_from(now.mono_ms.saturating_sub(self.mono_at_open)).unwrap_or(i64::MAX),
+        )
+    }
+}
+
+struct Inner {
+    /// The id prefix alerts get (also `Outbox::db_id`).
+    db_id: String,
+    log: Log,
+    meta: Option<Meta>,
+    index: Index,
     next_seq: u64,
     next_event: u64,
     /// Events numbered below this are being published: never merged into.
     sealed_below: u64,
+    events: BTreeMap<u64, OutboxEvent>,
+    dropped: BySeverity,
+    /// Acknowledged seqs not yet appended.
+    acks: Vec<u64>,
+    acks_since_w: Option<i64>,
+    /// Engine state changes not yet in a durable checkpoint.
+    engine: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    checkpoint_pos: Loc,
+    checkpoint_w: i64,
+    /// Something changed since the last checkpoint.
+    changed: bool,
+    clock: WaitClock,
+    /// The last time seen (for records written from calls without one).
+    last: Now,
     bounds: Bounds,
+    /// `max_bytes` lowered because the disk holds less.
+    disk_cap: Option<u64>,
     drop_log: WarnLimiter,
+    unstored_event: Option<u64>,
+    reserve: Option<PathBuf>,
 }
 
 pub struct Outbox {
-    db: sled::Db,
-    tree: sled::Tree,
+    dir: PathBuf,
     db_id: String,
-    path: PathBuf,
-    state: Mutex<State>,
+    inner: Mutex<Inner>,
+    // Lock-free copies for readers (health, metrics, status).
     depth: AtomicU64,
     bytes: AtomicU64,
+    next_seq: AtomicU64,
+    flushed_through: AtomicU64,
     dropped: [AtomicU64; 3],
     events: AtomicU64,
-    /// The highest seq a completed flush covers (see [`Outbox::flush`]).
-    flushed: AtomicU64,
+    unstored: AtomicU64,
+    disk_bytes: AtomicU64,
+    failing: AtomicBool,
+    storage_error: Mutex<Option<String>>,
+    recovered: Mutex<Option<EngineState>>,
 }
 
-/// How much of sled's page cache to keep in memory.
-const CACHE_BYTES: u64 = 4 << 20;
+fn sev_index(s: Severity) -> usize {
+    usize::from(record::severity_byte(s))
+}
+
+fn new_db_id() -> String {
+    format!("{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
 
 impl Outbox {
-    /// Opens (or creates) the outbox in `dir`/outbox.
-    pub fn open(dir: &Path) -> Result<(Outbox, Option<OpenEvent>), OutboxError> {
-        let path = dir.join("outbox");
-        // sled has been seen to panic on some damaged files instead of
-        // returning an error; either way the database is unusable.
-        let attempt = std::panic::catch_unwind(|| Outbox::open_at(&path));
-        let reason = match attempt {
-            Ok(Ok(o)) => return Ok((o, None)),
-            Ok(Err(OutboxError::Open { source, .. })) if is_damage(&source) => source.to_string(),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => "sled panicked while opening the database".to_string(),
-        };
-        let now = crate::reading::wall_ms();
-        let moved_to = dir.join(format!("outbox.corrupt-{}", now / 1000));
-        std::fs::rename(&path, &moved_to).map_err(|source| OutboxError::MoveAside {
-            path: path.clone(),
-            source,
-        })?;
-        let o = Outbox::open_at(&path)?;
-        o.add_event(&OutboxEvent::DatabaseReplaced {
-            moved_to: moved_to.display().to_string(),
-            reason: reason.clone(),
-            ts: rfc3339_ms(now),
-        })?;
-        o.flush_blocking()?;
-        Ok((o, Some(OpenEvent::Replaced { moved_to, reason })))
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the files
+        // inconsistent (every change is one record), so the state is usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn open_at(path: &Path) -> Result<Outbox, OutboxError> {
-        let open_err = |source: sled::Error| match &source {
-            sled::Error::Io(io) if is_lock_error(io) => OutboxError::Locked {
-                path: path.to_path_buf(),
-            },
-            _ => OutboxError::Open {
-                path: path.to_path_buf(),
-                source,
-            },
-        };
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .mode(sled::Mode::LowSpace)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(open_err)?;
-        let tree = db.open_tree(TREE).map_err(open_err)?;
-        let db_id = match tree.get(DB_ID).map_err(open_err)? {
-            Some(v) => String::from_utf8_lossy(&v).into_owned(),
-            None => {
-                let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-                tree.insert(DB_ID, id.as_bytes()).map_err(open_err)?;
-                tree.flush().map_err(open_err)?;
-                id
-            }
-        };
-        // Stored with every change (`Tree::len` would scan); counted from
-        // the small index only for a database written before `m/counts`.
-        let (depth, bytes) = match tree
-            .get(COUNTS)
-            .map_err(open_err)?
-            .and_then(|v| counts_of(&v))
-        {
-            Some(c) => c,
-            None => {
-                let (mut depth, mut bytes) = (0, 0);
-                for kv in tree.scan_prefix([INDEX]) {
-                    let (_, v) = kv.map_err(open_err)?;
-                    depth += 1;
-                    bytes += u64::from(u32_value(&v));
-                }
-                (depth, bytes)
-            }
-        };
-        let last_seq = match tree.scan_prefix([ALERT]).next_back() {
-            Some(kv) => key_seq(&kv.map_err(open_err)?.0),
-            None => None,
-        };
-        let stored_next = u64_value(tree.get(NEXT_SEQ).map_err(open_err)?).unwrap_or(1);
-        // next_seq is written in the same batch as its alerts, so it is never
-        // behind them; the max() only guards against a hand-edited database.
-        let next_seq = stored_next.max(last_seq.map_or(1, |s| s + 1));
-        let mut events = 0;
-        let mut last_event = None;
-        for kv in tree.scan_prefix([EVENT]) {
-            let (k, _) = kv.map_err(open_err)?;
-            events += 1;
-            last_event = key_seq(&k);
-        }
-        let next_event = u64_value(tree.get(NEXT_EVENT).map_err(open_err)?)
-            .unwrap_or(1)
-            .max(last_event.map_or(1, |n| n + 1));
-        let dropped = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
-        for s in SEVERITIES {
-            let n = u64_value(tree.get(dropped_key(s)).map_err(open_err)?).unwrap_or(0);
-            dropped[sev_index(s)].store(n, Ordering::Relaxed);
-        }
-        Ok(Outbox {
-            db,
-            tree,
-            db_id,
-            path: path.to_path_buf(),
-            state: Mutex::new(State {
-                next_seq,
-                next_event,
-                sealed_below: 0,
-                bounds: Bounds::DEFAULT,
-                drop_log: WarnLimiter::new(Duration::from_secs(10)),
-            }),
-            depth: AtomicU64::new(depth),
-            bytes: AtomicU64::new(bytes),
-            dropped,
-            events: AtomicU64::new(events),
-            // What is on disk at open survived: it is as durable as it gets.
-            flushed: AtomicU64::new(next_seq.saturating_sub(1)),
-        })
+    /// The engine state restored at open (once; `None` afterwards).
+    pub fn take_engine_state(&self) -> Option<EngineState> {
+        self.recovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave sled inconsistent
-        // (every change is one batch), so the state is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The 6 hex digits identifying this database in alert ids.
+    /// The 6 hex digits identifying this outbox in alert ids.
     pub fn db_id(&self) -> &str {
         &self.db_id
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.dir
     }
 
-    /// Sets the bounds; enforced from the next push or [`Outbox::expire`].
+    /// Sets the bounds; enforced at once and from then on.
     pub fn set_bounds(&self, bounds: Bounds) {
-        self.lock().bounds = bounds;
+        let mut st = self.lock();
+        st.bounds = bounds;
+        // Segments follow the bound, so a small outbox on a small
+        // filesystem frees space in small steps.
+        let seg = (bounds.max_bytes / 16).clamp(SEGMENT_MIN, SEGMENT_MAX);
+        st.log.set_segment_bytes(seg);
+        let now = st.last;
+        if let Err(e) = self.enforce_bytes(&mut st, now) {
+            warn!(error = %e, "cannot apply the outbox bound");
+        }
+        self.publish_counters(&st);
     }
 
-    /// Stores `drafts` as alerts with consecutive seqs, and `rules_state` if
-    /// given, in one atomic batch, then enforces `max_bytes`. Not yet
-    /// durable: see [`Outbox::flush`].
+    /// Stores `drafts` as alerts with consecutive seqs, with the engine
+    /// state `transitions` that produced them, then enforces `max_bytes`.
+    /// Not yet durable: see [`Outbox::flush`].
     pub fn push(
         &self,
         gateway: &str,
         drafts: &[AlertDraft],
-        rules_state: Option<&[u8]>,
-    ) -> Result<Vec<Alert>, OutboxError> {
-        self.push_at(gateway, drafts, rules_state, crate::reading::wall_ms())
-    }
-
-    /// [`Outbox::push`] with the creation time given (tests, benchmarks).
-    pub fn push_at(
-        &self,
-        gateway: &str,
-        drafts: &[AlertDraft],
-        rules_state: Option<&[u8]>,
-        now_ms: i64,
+        transitions: &[(Vec<u8>, Option<Vec<u8>>)],
+        now: Now,
     ) -> Result<Vec<Alert>, OutboxError> {
         let mut st = self.lock();
-        let mut batch = sled::Batch::default();
+        st.last = now;
+        let r = self.push_locked(&mut st, gateway, drafts, transitions, now);
+        match &r {
+            Ok(_) => self.storage_ok(),
+            Err(e) => self.storage_failed(e),
+        }
+        self.publish_counters(&st);
+        r
+    }
+
+    fn push_locked(
+        &self,
+        st: &mut Inner,
+        gateway: &str,
+        drafts: &[AlertDraft],
+        transitions: &[(Vec<u8>, Option<Vec<u8>>)],
+        now: Now,
+    ) -> Result<Vec<Alert>, OutboxError> {
+        let w = st.clock.w(now);
         let mut alerts = Vec::with_capacity(drafts.len());
-        let mut fresh = Vec::with_capacity(drafts.len());
-        let mut seq = st.next_seq;
-        for d in drafts {
+        let mut payloads = Vec::with_capacity(drafts.len());
+        for (i, d) in drafts.iter().enumerate() {
+            let seq = st.next_seq + i as u64;
             let alert = Alert::new(d, gateway, &self.db_id, seq);
-            // The stored bytes are the published bytes: an alert over
-            // `max_payload` is stored cut, as it will be published.
-            let mut value = Vec::with_capacity(HEADER + 512);
-            value.push(RECORD_FORMAT);
-            value.push(severity_byte(d.severity));
-            value.extend_from_slice(&now_ms.to_be_bytes());
-            serde_json::to_writer(&mut value, &alert).map_err(|e| OutboxError::Record {
-                seq,
-                reason: e.to_string(),
-            })?;
-            if value.len() - HEADER > st.bounds.max_payload {
-                value.truncate(HEADER);
-                value.extend_from_slice(&alert.to_payload(st.bounds.max_payload));
-            }
-            let len = (value.len() - HEADER) as u64;
-            batch.insert(&seq_key(seq), value);
-            let len32 = u32::try_from(len).unwrap_or(u32::MAX);
-            batch.insert(&index_key(d.severity, seq), &len32.to_be_bytes());
-            fresh.push(Victim {
-                seq,
-                severity: d.severity,
-                len,
-                reason: DropReason::MaxBytes,
-            });
+            // Cut here, not when publishing: what is stored is what is sent.
+            payloads.push(alert.to_payload(st.bounds.max_payload));
             alerts.push(alert);
-            seq += 1;
         }
-        batch.insert(NEXT_SEQ, &seq.to_be_bytes());
-        if let Some(state) = rules_state {
-            batch.insert(RULES_STATE, state);
+        // Split into records of at most MAX_COMMIT; the engine state goes
+        // with the last (a crash between two then re-fires, never forgets).
+        let mut start = 0;
+        let mut placed: Vec<(u64, Severity, Entry)> = Vec::with_capacity(drafts.len());
+        let acks = index::ranges_of(st.acks.iter().copied());
+        let mut first_record = true;
+        while start < drafts.len() || (start == 0 && !transitions.is_empty() && drafts.is_empty()) {
+            let mut end = start;
+            let mut size = 64;
+            while end < drafts.len()
+                && (end == start || size + payloads[end].len() + 200 < MAX_COMMIT)
+            {
+                size += payloads[end].len() + 200;
+                end += 1;
+            }
+            let entries: Vec<AlertEntry<'_>> = (start..end)
+                .map(|i| AlertEntry {
+                    seq: alerts[i].seq,
+                    severity: drafts[i].severity,
+                    state: drafts[i].state,
+                    created_ms: now.wall_ms,
+                    created_w: w,
+                    rule: &drafts[i].rule,
+                    sensor: &drafts[i].sensor,
+                    payload: &payloads[i],
+                })
+                .collect();
+            let last = end >= drafts.len();
+            let (body, places) = record::commit(
+                w,
+                now.wall_ms,
+                &entries,
+                if first_record { &acks } else { &[] },
+                if last { transitions } else { &[] },
+            );
+            let loc = st.append(&body, now)?;
+            if first_record {
+                st.acks.clear();
+                st.acks_since_w = None;
+            }
+            first_record = false;
+            for (j, (at, len)) in places.iter().enumerate() {
+                let i = start + j;
+                let e = Entry {
+                    loc: Loc {
+                        seg: loc.seg,
+                        off: loc.off + u32::try_from(*at).unwrap_or(u32::MAX),
+                    },
+                    len: u32::try_from(*len).unwrap_or(u32::MAX),
+                    payload: u32::try_from(payloads[i].len()).unwrap_or(u32::MAX),
+                };
+                placed.push((alerts[i].seq, drafts[i].severity, e));
+            }
+            // Seqs are taken only once their record is written: a failed
+            // write leaves no gap.
+            st.next_seq += (end - start) as u64;
+            for (seq, sev, e) in placed.drain(..) {
+                st.index.insert(seq, sev, e);
+            }
+            start = end;
+            if last {
+                break;
+            }
         }
-        // The bound is enforced in the same batch: no moment, on disk or in
-        // the counters, holds more than max_bytes.
-        let added: u64 = fresh.iter().map(|v| v.len).sum();
-        let victims = self.over_bytes(&st, added, &fresh)?;
-        let effects = self.evict_into(&mut batch, &st, &victims, now_ms)?;
-        batch.insert(
-            COUNTS,
-            &counts_value(
-                (self.depth() + drafts.len() as u64).saturating_sub(victims.len() as u64),
-                (self.bytes() + added).saturating_sub(effects.freed),
-            ),
-        );
-        self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
-        st.next_seq = seq;
-        // Net changes, one update each: readers never see the pre-eviction bytes.
-        add_signed(&self.depth, drafts.len() as u64, victims.len() as u64);
-        add_signed(&self.bytes, added, effects.freed);
-        self.applied(&mut st, effects, &victims);
+        for (k, v) in transitions {
+            st.engine.insert(k.clone(), v.clone());
+        }
+        st.changed = true;
+        self.enforce_bytes(st, now)?;
         Ok(alerts)
     }
 
-    fn last_event(&self) -> Result<Option<(u64, OutboxEvent)>, OutboxError> {
-        match self.tree.scan_prefix([EVENT]).next_back() {
-            Some(kv) => {
-                let (k, v) = kv.map_err(OutboxError::Write)?;
-                let Some(n) = key_seq(&k) else {
-                    return Ok(None);
-                };
-                Ok(serde_json::from_slice(&v).ok().map(|e| (n, e)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Stores a new event (not merged into any other).
-    fn add_event(&self, ev: &OutboxEvent) -> Result<(), OutboxError> {
-        let mut st = self.lock();
-        let n = st.next_event;
-        let mut batch = sled::Batch::default();
-        batch.insert(&event_key(n), event_bytes(ev));
-        batch.insert(NEXT_EVENT, &(n + 1).to_be_bytes());
-        self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
-        st.next_event = n + 1;
-        self.events.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Every event waiting for publication, oldest first, with its number.
-    pub fn events(&self) -> Result<Vec<(u64, OutboxEvent)>, OutboxError> {
-        let mut out = Vec::new();
-        for kv in self.tree.scan_prefix([EVENT]) {
-            let (k, v) = kv.map_err(OutboxError::Write)?;
-            let Some(n) = key_seq(&k) else { continue };
-            match serde_json::from_slice(&v) {
-                Ok(e) => out.push((n, e)),
-                Err(e) => warn!(event = n, error = %e, "skipping an unreadable outbox event"),
-            }
-        }
-        Ok(out)
-    }
-
-    /// [`Outbox::events`], for publishing: they are sealed, so later drops
-    /// go into a new event and what the broker acknowledges is exactly
-    /// what was sent.
-    pub fn events_to_publish(&self) -> Result<Vec<(u64, OutboxEvent)>, OutboxError> {
-        let mut st = self.lock();
-        let out = self.events()?;
-        st.sealed_below = st.next_event;
-        Ok(out)
-    }
-
-    /// Removes event `n`: call only on the broker's PUBACK for it.
-    pub fn ack_event(&self, n: u64) -> Result<bool, OutboxError> {
-        let _st = self.lock();
-        match self.tree.remove(event_key(n)).map_err(OutboxError::Write)? {
-            Some(_) => {
-                self.events.fetch_sub(1, Ordering::Relaxed);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    /// Events waiting for publication.
-    pub fn events_pending(&self) -> u64 {
-        self.events.load(Ordering::Relaxed)
-    }
-
-    /// Stores the rule engine's snapshot alone (when no alert changed).
-    pub fn save_rules_state(&self, state: &[u8]) -> Result<(), OutboxError> {
-        self.tree
-            .insert(RULES_STATE, state)
-            .map(|_| ())
-            .map_err(OutboxError::Write)
-    }
-
-    pub fn rules_state(&self) -> Result<Option<Vec<u8>>, OutboxError> {
-        self.tree
-            .get(RULES_STATE)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(OutboxError::Write)
-    }
-
     /// Makes every write so far durable: if this returns Ok, they survive a
-    /// crash or power cut. Returns the highest seq it covers: the last one
-    /// pushed before it began.
-    pub async fn flush(&self) -> Result<u64, OutboxError> {
-        let covers = self.next_seq().saturating_sub(1);
-        self.db.flush_async().await.map_err(OutboxError::Write)?;
-        Ok(self.flushed(covers))
+    /// crash or power cut. The sync runs off the lock (reads and
+    /// acknowledgements go on meanwhile) and off the async runtime.
+    pub async fn flush(self: &Arc<Self>) -> Result<u64, OutboxError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.flush_blocking())
+            .await
+            .map_err(|e| OutboxError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?
     }
 
-    /// Blocking [`Outbox::flush`], for shutdown and the CLI.
+    /// Blocking flush, for shutdown, the CLI and `flush`. Returns the
+    /// highest seq it covers: every alert pushed before it began.
     pub fn flush_blocking(&self) -> Result<u64, OutboxError> {
-        let covers = self.next_seq().saturating_sub(1);
-        self.db.flush().map_err(OutboxError::Write)?;
-        Ok(self.flushed(covers))
-    }
-
-    fn flushed(&self, covers: u64) -> u64 {
-        self.flushed.fetch_max(covers, Ordering::Relaxed);
-        covers
-    }
-
-    /// The highest seq that a completed flush covers: every alert up to it
-    /// survives a crash.
-    pub fn flushed_through(&self) -> u64 {
-        self.flushed.load(Ordering::Relaxed)
-    }
-
-    /// Up to `limit` alerts with seq greater than `after` (all when `None`),
-    /// in seq order.
-    pub fn after(&self, after: Option<u64>, limit: usize) -> Result<Vec<Record>, OutboxError> {
-        let start = match after {
-            Some(s) => match s.checked_add(1) {
-                Some(n) => seq_key(n),
-                None => return Ok(Vec::new()),
-            },
-            None => seq_key(0),
+        let (plan, covered) = {
+            let st = self.lock();
+            (st.log.sync_plan(), st.next_seq.saturating_sub(1))
         };
-        let end = seq_key(u64::MAX);
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for kv in self.tree.range(start..=end).take(limit) {
-            let (k, v) = kv.map_err(OutboxError::Write)?;
-            if let Some(seq) = key_seq(&k) {
-                // An unreadable header still yields a record: the upstream
-                // skips what it cannot parse instead of stalling on it.
-                out.push(Record::decode(seq, &v).unwrap_or_else(|_| Record {
-                    seq,
-                    severity: Severity::Info,
-                    created_ms: 0,
-                    payload: v.to_vec(),
-                }));
+        let r = plan.run();
+        let mut st = self.lock();
+        match r {
+            Ok(()) => {
+                st.log.synced(plan);
+                self.flushed_through.fetch_max(covered, Ordering::Relaxed);
+                self.storage_ok();
+                Ok(covered)
+            }
+            Err(e) => {
+                let e = OutboxError::Log(e);
+                self.storage_failed(&e);
+                Err(e)
             }
         }
-        Ok(out)
+    }
+
+    /// The highest seq a flush has made durable.
+    pub fn flushed_through(&self) -> u64 {
+        self.flushed_through.load(Ordering::Relaxed)
     }
 
     /// Removes the alert `seq`: call only on the broker's PUBACK for it.
@@ -522,43 +582,70 @@ impl Outbox {
         Ok(self.ack_many(&[seq])? == 1)
     }
 
-    /// Removes the alerts `seqs`, each acknowledged by its own PUBACK, in
-    /// one batch (one log write instead of one per alert: less SD card
-    /// wear). Returns how many were there.
+    /// Removes the alerts `seqs`, each acknowledged by its own PUBACK.
+    /// Returns how many were there. Appended without a sync of their own.
     pub fn ack_many(&self, seqs: &[u64]) -> Result<u64, OutboxError> {
-        let _st = self.lock();
-        let mut batch = sled::Batch::default();
+        let mut st = self.lock();
         let mut n = 0;
-        let mut freed = 0;
         for &seq in seqs {
-            let Some(v) = self.tree.get(seq_key(seq)).map_err(OutboxError::Write)? else {
-                continue;
-            };
-            batch.remove(&seq_key(seq));
-            match Record::decode(seq, &v) {
-                Ok(r) => batch.remove(&index_key(r.severity, seq)),
-                // Unreadable header: remove whatever index entry it has.
-                Err(_) => SEVERITIES
-                    .iter()
-                    .for_each(|s| batch.remove(&index_key(*s, seq))),
+            if st.index.remove(seq).is_some() {
+                st.acks.push(seq);
+                n += 1;
             }
-            n += 1;
-            freed += v.len().saturating_sub(HEADER) as u64;
         }
-        if n == 0 {
-            return Ok(0);
+        if n > 0 {
+            let w = st.clock.w(st.last);
+            st.acks_since_w.get_or_insert(w);
+            st.changed = true;
         }
-        batch.insert(
-            COUNTS,
-            &counts_value(
-                self.depth().saturating_sub(n),
-                self.bytes().saturating_sub(freed),
-            ),
-        );
-        self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
-        self.depth.fetch_sub(n, Ordering::Relaxed);
-        self.bytes.fetch_sub(freed, Ordering::Relaxed);
-        Ok(n)
+        let r = if st.acks.len() >= ACK_RECORD_EVERY {
+            let now = st.last;
+            st.write_acks(now)
+        } else {
+            Ok(())
+        };
+        self.publish_counters(&st);
+        r.map(|()| n)
+    }
+
+    /// Every event waiting for publication, oldest first, with its number.
+    pub fn events(&self) -> Result<Vec<(u64, OutboxEvent)>, OutboxError> {
+        Ok(self
+            .lock()
+            .events
+            .iter()
+            .map(|(n, e)| (*n, e.clone()))
+            .collect())
+    }
+
+    /// [`Outbox::events`], for publishing: they are sealed, so later drops
+    /// go into a new event and what the broker acknowledges is exactly
+    /// what was sent.
+    pub fn events_to_publish(&self) -> Result<Vec<(u64, OutboxEvent)>, OutboxError> {
+        let mut st = self.lock();
+        st.sealed_below = st.next_event;
+        Ok(st.events.iter().map(|(n, e)| (*n, e.clone())).collect())
+    }
+
+    /// Removes event `n`: call only on the broker's PUBACK for it.
+    pub fn ack_event(&self, n: u64) -> Result<bool, OutboxError> {
+        let mut st = self.lock();
+        if st.events.remove(&n).is_none() {
+            return Ok(false);
+        }
+        let now = st.last;
+        let w = st.clock.w(now);
+        let r = st
+            .append(&record::event_ack(w, now.wall_ms, n), now)
+            .map(|_| true);
+        st.changed = true;
+        self.publish_counters(&st);
+        r
+    }
+
+    /// Events waiting for publication.
+    pub fn events_pending(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
     }
 
     /// Alerts waiting.
@@ -571,7 +658,7 @@ impl Outbox {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Alerts dropped by the bound, ever, in this database.
+    /// Alerts dropped by the bounds, ever, in this outbox.
     pub fn dropped(&self) -> BySeverity {
         let mut b = BySeverity::default();
         for s in SEVERITIES {
@@ -580,14 +667,41 @@ impl Outbox {
         b
     }
 
-    /// The oldest waiting alert, if any.
-    pub fn oldest(&self) -> Result<Option<Record>, OutboxError> {
-        Ok(self.after(None, 1)?.into_iter().next())
+    /// Alerts that could not be stored, since start.
+    pub fn unstored(&self) -> u64 {
+        self.unstored.load(Ordering::Relaxed)
+    }
+
+    /// Why storage is failing, while it is (the disk is full, or refuses writes).
+    pub fn storage_error(&self) -> Option<String> {
+        if !self.failing.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.storage_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn storage_ok(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            *self.storage_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    fn storage_failed(&self, e: &OutboxError) {
+        *self.storage_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        self.failing.store(true, Ordering::Relaxed);
     }
 
     /// The seq the next alert will get.
     pub fn next_seq(&self) -> u64 {
-        self.lock().next_seq
+        self.next_seq.load(Ordering::Relaxed)
+    }
+
+    /// The oldest waiting alert, if any.
+    pub fn oldest(&self) -> Result<Option<Record>, OutboxError> {
+        Ok(self.after(None, 1)?.into_iter().next())
     }
 
     pub fn stats(&self) -> Stats {
@@ -598,76 +712,174 @@ impl Outbox {
             dropped: self.dropped(),
             oldest_created_ms: self.oldest().ok().flatten().map(|r| r.created_ms),
             events_pending: self.events_pending(),
+            unstored: self.unstored(),
+            disk_bytes: self.size_on_disk(),
+            storage_error: self.storage_error(),
         }
     }
 
     /// Removes every waiting alert (`outpost outbox purge`) and records a
     /// `purged` event; seqs are not reused.
     pub fn purge(&self) -> Result<u64, OutboxError> {
-        let mut seqs = event::Ranges::new();
-        let mut n = 0u64;
-        loop {
-            let records = self.after(None, 1024)?;
-            if records.is_empty() {
-                break;
-            }
-            let _st = self.lock();
-            let mut batch = sled::Batch::default();
-            let mut freed = 0;
-            for r in &records {
-                batch.remove(&seq_key(r.seq));
-                batch.remove(&index_key(r.severity, r.seq));
-                freed += r.payload.len() as u64;
-                seqs.insert(r.seq);
-            }
-            batch.insert(
-                COUNTS,
-                &counts_value(
-                    self.depth().saturating_sub(records.len() as u64),
-                    self.bytes().saturating_sub(freed),
-                ),
-            );
-            self.tree.apply_batch(batch).map_err(OutboxError::Write)?;
-            self.depth
-                .fetch_sub(records.len() as u64, Ordering::Relaxed);
-            self.bytes.fetch_sub(freed, Ordering::Relaxed);
-            n += records.len() as u64;
-        }
+        let now = Now {
+            mono_ms: self.lock().last.mono_ms,
+            wall_ms: crate::reading::wall_ms(),
+        };
+        let mut st = self.lock();
+        let all: Vec<u64> = st
+            .index
+            .after(None, usize::MAX)
+            .iter()
+            .map(|x| x.0)
+            .collect();
+        let n = all.len() as u64;
         if n > 0 {
-            self.add_event(&OutboxEvent::Purged {
-                count: n,
-                seqs,
-                ts: rfc3339_ms(crate::reading::wall_ms()),
-            })?;
+            let mut seqs = event::Ranges::new();
+            for s in &all {
+                seqs.insert(*s);
+                st.index.remove(*s);
+            }
+            st.acks.extend(all);
+            st.write_acks(now)?;
+            st.add_event(
+                OutboxEvent::Purged {
+                    count: n,
+                    seqs,
+                    ts: rfc3339_ms(now.wall_ms),
+                },
+                now,
+            )?;
         }
-        self.flush_blocking()?;
+        self.checkpoint_locked(&mut st, now)?;
+        self.publish_counters(&st);
         Ok(n)
     }
 
+    /// A clean stop: pending acknowledgements, a `close` record and a final
+    /// checkpoint, all durable.
+    pub fn close(
+        &self,
+        engine: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        now: Now,
+    ) -> Result<(), OutboxError> {
+        let mut st = self.lock();
+        st.last = now;
+        for (k, v) in engine {
+            st.engine.insert(k, v);
+        }
+        st.write_acks(now)?;
+        let w = st.clock.w(now);
+        let next = st.next_seq;
+        st.append(&record::close(w, now.wall_ms, next), now)?;
+        st.changed = true;
+        let r = self.checkpoint_locked(&mut st, now);
+        self.publish_counters(&st);
+        r
+    }
+
+    /// Bytes the outbox's files take.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        let st = self.lock();
+        st.log.disk_bytes() + st.meta.as_ref().map_or(0, |m| m.size_on_disk())
+    }
+
+    fn publish_counters(&self, st: &Inner) {
+        self.depth.store(st.index.depth(), Ordering::Relaxed);
+        self.bytes.store(st.index.bytes(), Ordering::Relaxed);
+        self.next_seq.store(st.next_seq, Ordering::Relaxed);
+        for s in SEVERITIES {
+            self.dropped[sev_index(s)].store(st.dropped.get(s), Ordering::Relaxed);
+        }
+        self.events.store(st.events.len() as u64, Ordering::Relaxed);
+        self.disk_bytes
+            .store(st.log.used_bytes(), Ordering::Relaxed);
     }
 }
 
-/// Errors that mean the files are damaged (not: locked, no permission).
-fn is_damage(e: &sled::Error) -> bool {
-    match e {
-        sled::Error::Corruption { .. }
-        | sled::Error::Unsupported(_)
-        | sled::Error::ReportableBug(_) => true,
-        sled::Error::Io(io) => matches!(
-            io.kind(),
-            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-        ),
-        _ => false,
+impl Inner {
+    /// Appends a record, starting a segment (with its prefix record) when
+    /// the active one is full.
+    fn append(&mut self, body: &[u8], now: Now) -> Result<Loc, OutboxError> {
+        if self.log.needs_roll(body.len()) {
+            self.append_prefix(now)?;
+        }
+        Ok(self.log.append(body, now.wall_ms)?)
+    }
+
+    /// Starts a segment with the prefix record: the log alone then says
+    /// where seqs resume, whatever happens to the checkpoint.
+    fn append_prefix(&mut self, now: Now) -> Result<(), OutboxError> {
+        self.log.roll(now.wall_ms)?;
+        let w = self.clock.w(now);
+        let body = record::prefix(w, now.wall_ms, &self.db_id, self.next_seq);
+        self.log.append(&body, now.wall_ms)?;
+        Ok(())
+    }
+
+    fn write_acks(&mut self, now: Now) -> Result<(), OutboxError> {
+        if self.acks.is_empty() {
+            return Ok(());
+        }
+        let w = self.clock.w(now);
+        let body = record::acks(w, now.wall_ms, &index::ranges_of(self.acks.iter().copied()));
+        self.append(&body, now)?;
+        self.acks.clear();
+        self.acks_since_w = None;
+        Ok(())
+    }
+
+    fn add_event(&mut self, ev: OutboxEvent, now: Now) -> Result<(), OutboxError> {
+        let n = self.next_event;
+        self.next_event += 1;
+        self.events.insert(n, ev.clone());
+        self.changed = true;
+        self.append_event(n, &ev, now)
+    }
+
+    fn append_event(&mut self, n: u64, ev: &OutboxEvent, now: Now) -> Result<(), OutboxError> {
+        let json = serde_json::to_vec(ev).unwrap_or_default();
+        let w = self.clock.w(now);
+        self.append(&record::event(w, now.wall_ms, n, &json), now)?;
+        Ok(())
     }
 }
 
-/// sled wraps the `EAGAIN` of its file lock in an error of its own.
-fn is_lock_error(io: &std::io::Error) -> bool {
-    io.kind() == std::io::ErrorKind::WouldBlock
-        || io.raw_os_error() == Some(11)
-        || io.to_string().contains("could not acquire lock")
+/// The size of the filesystem holding `path`.
+fn filesystem_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; `c` is a valid
+    // NUL-terminated path for the duration of the call.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    (r == 0).then(|| (s.f_blocks as u64).saturating_mul(s.f_frsize as u64))
+}
+
+/// Sets aside [`RESERVE_BYTES`] of disk (best effort).
+fn make_reserve(root: &Path) -> Option<PathBuf> {
+    use std::os::unix::io::AsRawFd;
+    let path = root.join("reserve");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .ok()?;
+    // SAFETY: fallocate on a file descriptor we own, with valid sizes.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            0,
+            0,
+            libc::off_t::try_from(RESERVE_BYTES).unwrap_or(0),
+        )
+    };
+    if r != 0 {
+        drop(f);
+        let _ = std::fs::remove_file(&path);
+        return None;
+    }
+    Some(path)
 }
 
 #[cfg(test)]

@@ -1,31 +1,100 @@
-use std::collections::{BTreeMap, BTreeSet};
+//! The outbox against its contract: a proptest model check (push, ack,
+//! flush, crash, clean stop, bounds, expiry, checkpoints), and the faults
+//! it must survive made for real on its files (cut, flipped, rolled back).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
 
 use proptest::prelude::*;
 
 use super::*;
+use crate::rules::{AlertState, Reason};
 
-fn draft(i: u64, severity: Severity) -> AlertDraft {
+pub fn draft(i: u64, severity: Severity) -> AlertDraft {
     AlertDraft {
+        rule: "hot".into(),
+        sensor: format!("greenhouse/t{i}"),
+        metric: "temperature".into(),
+        state: AlertState::Firing,
         severity,
-        ..AlertDraft::for_test(i)
+        value: 30.0 + i as f64,
+        threshold: 30.0,
+        ts_ms: 1_700_000_000_000,
+        since_ms: 1_700_000_000_000,
+        message: format!("alert {i}"),
+        labels: Default::default(),
+        actions: Vec::new(),
+        reason: Reason::Transition,
     }
 }
 
-fn open(dir: &Path) -> Outbox {
-    open_full(dir).0
+const WALL0: i64 = 1_750_000_000_000;
+
+/// A small filesystem of its own (tmpfs), to fill up for real. Mounting
+/// needs root, as the tests get in CI; elsewhere this fails loudly.
+pub struct TinyFs {
+    dir: tempfile::TempDir,
 }
 
-fn open_full(dir: &Path) -> (Outbox, Option<OpenEvent>) {
-    // sled's background threads can hold the file lock a moment after the
-    // previous handle in this process was dropped.
+impl TinyFs {
+    pub fn mount(bytes: u64) -> TinyFs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot mount a tmpfs (the test needs root, as in CI)");
+        TinyFs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Takes every free byte with one file (`name`); remove it to give
+    /// them back.
+    pub fn fill(&self, name: &str) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0xAAu8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn at(mono_ms: u64) -> Now {
+    Now {
+        mono_ms,
+        wall_ms: WALL0 + mono_ms as i64,
+    }
+}
+
+fn open_at(dir: &Path, now: Now) -> (Outbox, Vec<OpenEvent>) {
+    open_opts(dir, Options::default(), now)
+}
+
+fn open_opts(dir: &Path, opts: Options, now: Now) -> (Outbox, Vec<OpenEvent>) {
+    // sled releases its file lock shortly after the last handle drops.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match Outbox::open(dir) {
-            Ok(r) => return r,
+        match Outbox::open_with(dir, opts, now) {
             Err(OutboxError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(5))
             }
-            Err(e) => panic!("open: {e}"),
+            r => return r.unwrap(),
         }
     }
 }
@@ -38,341 +107,590 @@ fn seqs(o: &Outbox) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn alerts_get_consecutive_seqs_from_one_and_ids_that_embed_the_db_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = open(dir.path());
-    let a = o
-        .push(
-            "gw",
-            &[draft(1, Severity::Info), draft(2, Severity::Info)],
-            None,
-        )
-        .unwrap();
-    assert_eq!(a.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![1, 2]);
-    assert_eq!(a[0].id, format!("gw-{}-1", o.db_id()));
-    assert_eq!(o.db_id().len(), 6);
-    assert_eq!(o.depth(), 2);
+fn push(o: &Outbox, n: u64, sev: Severity, now: Now) -> Vec<Alert> {
+    let drafts: Vec<_> = (0..n).map(|i| draft(i, sev)).collect();
+    o.push("gw", &drafts, &[], now).unwrap()
 }
 
 #[test]
-fn the_stored_bytes_are_the_published_payload() {
+fn alerts_come_back_in_order_with_the_exact_payload_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let o = open(dir.path());
-    let a = o.push("gw", &[draft(1, Severity::Critical)], None).unwrap();
-    let r = &o.after(None, 1).unwrap()[0];
-    assert_eq!(r.alert().unwrap(), a[0]);
-    assert_eq!(severity_of(&r.payload), Some(Severity::Critical));
-    assert_eq!(r.severity, Severity::Critical);
-    assert_eq!(o.bytes(), r.payload.len() as u64);
-}
-
-#[test]
-fn ack_removes_exactly_that_alert_and_only_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = open(dir.path());
-    o.push(
-        "gw",
-        &[
-            draft(1, Severity::Info),
-            draft(2, Severity::Info),
-            draft(3, Severity::Info),
-        ],
-        None,
-    )
-    .unwrap();
-    assert!(o.ack(2).unwrap());
-    assert!(!o.ack(2).unwrap());
-    assert_eq!(seqs(&o), vec![1, 3]);
-    assert_eq!(o.depth(), 2);
-    assert_eq!(o.after(Some(1), 10).unwrap()[0].seq, 3);
-}
-
-#[test]
-fn seq_and_db_id_continue_after_reopen_even_when_everything_was_acked() {
-    let dir = tempfile::tempdir().unwrap();
-    let id = {
-        let o = open(dir.path());
-        o.push(
-            "gw",
-            &[draft(1, Severity::Info), draft(2, Severity::Info)],
-            None,
-        )
-        .unwrap();
-        o.ack(1).unwrap();
-        o.ack(2).unwrap();
-        o.flush_blocking().unwrap();
-        o.db_id().to_string()
-    };
-    let o = open(dir.path());
-    assert_eq!(o.db_id(), id);
-    assert_eq!(o.depth(), 0);
-    let a = o.push("gw", &[draft(3, Severity::Info)], None).unwrap();
-    assert_eq!(a[0].seq, 3);
-}
-
-#[test]
-fn a_flush_covers_what_was_pushed_before_it_and_no_more() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let o = open(dir.path());
-        assert_eq!(o.flushed_through(), 0);
-        o.push(
-            "gw",
-            &[draft(1, Severity::Info), draft(2, Severity::Info)],
-            None,
-        )
-        .unwrap();
-        assert_eq!(o.flushed_through(), 0, "pushed is not flushed");
-        assert_eq!(o.flush_blocking().unwrap(), 2);
-        o.push("gw", &[draft(3, Severity::Info)], None).unwrap();
-        assert_eq!(o.flushed_through(), 2);
-        o.flush_blocking().unwrap();
-        assert_eq!(o.flushed_through(), 3);
+    let (o, ev) = open_at(dir.path(), at(0));
+    assert!(ev.is_empty(), "{ev:?}");
+    let alerts = push(&o, 5, Severity::Warning, at(10));
+    o.flush_blocking().unwrap();
+    let before = o.after(None, 100).unwrap();
+    assert_eq!(before.len(), 5);
+    for (r, a) in before.iter().zip(&alerts) {
+        assert_eq!(r.payload, serde_json::to_vec(a).unwrap());
+        assert_eq!(
+            (r.rule.as_str(), r.sensor.as_str()),
+            ("hot", a.sensor.as_str())
+        );
     }
-    // What a reopened database holds survived: it counts as flushed.
-    assert_eq!(open(dir.path()).flushed_through(), 3);
+    let id = o.db_id().to_string();
+    drop(o); // no close: as kill -9 leaves it
+    let (o, ev) = open_at(dir.path(), at(20));
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(
+        o.db_id(),
+        id,
+        "a crash with flush = always keeps the prefix"
+    );
+    assert_eq!(o.after(None, 100).unwrap(), before);
+    assert_eq!(o.next_seq(), 6);
+    assert_eq!(push(&o, 1, Severity::Info, at(30))[0].seq, 6);
 }
 
 #[test]
-fn the_rules_state_is_stored_with_the_alerts() {
+fn an_acknowledged_alert_stays_gone_after_a_clean_stop_and_the_crash_window_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let o = open(dir.path());
-        o.push("gw", &[draft(1, Severity::Info)], Some(b"state-1"))
-            .unwrap();
-        o.flush_blocking().unwrap();
+    let (o, _) = open_at(dir.path(), at(0));
+    push(&o, 200, Severity::Info, at(1));
+    o.flush_blocking().unwrap();
+    // Acknowledged one by one, as PUBACKs arrive.
+    for s in 1..=100 {
+        assert!(o.ack(s).unwrap());
     }
-    let o = open(dir.path());
-    assert_eq!(o.rules_state().unwrap().as_deref(), Some(&b"state-1"[..]));
-    assert_eq!(o.depth(), 1);
-}
-
-#[test]
-fn a_second_gateway_on_the_same_state_dir_is_refused_plainly() {
-    let dir = tempfile::tempdir().unwrap();
-    let _first = open(dir.path());
-    let err = Outbox::open(dir.path())
-        .err()
-        .expect("second open must fail");
-    assert!(matches!(err, OutboxError::Locked { .. }), "{err}");
-}
-
-#[test]
-fn a_corrupt_database_is_moved_aside_and_a_fresh_one_started() {
-    let dir = tempfile::tempdir().unwrap();
-    let old_id = {
-        let o = open(dir.path());
-        o.push("gw", &[draft(1, Severity::Info)], None).unwrap();
-        o.flush_blocking().unwrap();
-        o.db_id().to_string()
-    };
-    // Garble every file sled wrote, as a bad power cut on an SD card might.
-    for entry in walk(&dir.path().join("outbox")) {
-        let len = std::fs::metadata(&entry).unwrap().len() as usize;
-        std::fs::write(&entry, vec![0xA5u8; len.max(64)]).unwrap();
+    assert!(!o.ack(5).unwrap(), "acknowledged twice");
+    drop(o);
+    let (o, _) = open_at(dir.path(), at(2));
+    let back = seqs(&o);
+    let resent = 100 - back.iter().filter(|s| **s <= 100).count() as u64;
+    let again = 100 - resent;
+    assert!(
+        again <= ACK_RECORD_EVERY as u64,
+        "{again} acknowledged alerts came back after a crash"
+    );
+    for s in 1..=100 {
+        let _ = o.ack(s);
     }
-    let (o, event) = open_full(dir.path());
-    match event {
-        Some(OpenEvent::Replaced { moved_to, .. }) => assert!(moved_to.exists()),
-        None => panic!("corruption was not detected"),
-    }
-    assert_eq!(o.depth(), 0);
-    assert_ne!(o.db_id(), old_id, "a fresh database gets a fresh id");
+    o.close(Vec::new(), at(3)).unwrap();
+    drop(o);
+    let (o, _) = open_at(dir.path(), at(4));
+    assert_eq!(seqs(&o), (101..=200).collect::<Vec<_>>());
 }
 
-fn walk(p: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                out.extend(walk(&path));
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
+/// A draft whose payload has the same length whatever its severity and
+/// (up to 99) seq: the message makes up the difference (a seq digit shows in
+/// `id`, `seq` and the sensor id).
+fn even(seq: u64, sev: Severity) -> AlertDraft {
+    let mut d = draft(seq, sev);
+    let pad = 8 - sev.to_string().len() + 3 * (2 - seq.to_string().len());
+    d.message = format!("alert{}", " ".repeat(pad));
+    d
 }
 
-fn sev(i: u8) -> Severity {
-    [Severity::Info, Severity::Warning, Severity::Critical][usize::from(i % 3)]
-}
-
-fn dropped_ranges(o: &Outbox) -> BTreeSet<u64> {
-    let mut out = BTreeSet::new();
-    for (_, e) in o.events().unwrap() {
-        if let OutboxEvent::Dropped { seqs, .. } = e {
-            assert!(seqs.exact, "few drops in these tests: ranges stay exact");
-            for r in seqs.ranges {
-                out.extend(r[0]..=r[1]);
-            }
-        }
-    }
-    out
-}
-
-#[test]
-fn the_byte_bound_drops_info_then_warning_then_critical_oldest_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = open(dir.path());
-    let sevs = [
-        Severity::Critical,
-        Severity::Info,
-        Severity::Warning,
-        Severity::Info,
-        Severity::Critical,
-        Severity::Warning,
-    ];
+fn push_even(o: &Outbox, first: u64, sevs: &[Severity], now: Now) {
     let drafts: Vec<_> = sevs
         .iter()
         .enumerate()
-        .map(|(i, s)| draft(i as u64, *s))
+        .map(|(i, s)| even(first + i as u64, *s))
         .collect();
-    o.push("gw", &drafts, None).unwrap();
-    let per = o.bytes() / 6;
-    // Room for about three alerts.
-    o.set_bounds(Bounds {
-        max_bytes: per * 3 + per / 2,
-        max_age: None,
-        ..Bounds::DEFAULT
-    });
-    o.push("gw", &[draft(7, Severity::Critical)], None).unwrap();
-    // 7 alerts, room for 3: both infos (2, 4), both warnings (3, 6) go.
-    assert_eq!(seqs(&o), vec![1, 5, 7]);
-    assert!(o.bytes() <= per * 3 + per / 2);
-    assert_eq!(
-        o.dropped(),
-        BySeverity {
-            info: 2,
-            warning: 2,
-            critical: 0
-        }
-    );
-    assert_eq!(dropped_ranges(&o), BTreeSet::from([2, 3, 4, 6]));
-    // A new info alert goes at once when only critical ones are older.
-    o.push("gw", &[draft(8, Severity::Info)], None).unwrap();
-    assert_eq!(seqs(&o), vec![1, 5, 7]);
-    assert_eq!(o.dropped().info, 3);
-    assert_eq!(o.next_seq(), 9, "a dropped alert still used its seq");
+    let a = o.push("gw", &drafts, &[], now).unwrap();
+    assert_eq!(a[0].seq, first);
 }
 
 #[test]
-fn drop_counts_and_pending_events_survive_reopen_and_leave_on_ack() {
+fn the_byte_bound_drops_info_then_warning_then_critical_and_reports_them() {
+    use Severity::*;
     let dir = tempfile::tempdir().unwrap();
-    {
-        let o = open(dir.path());
-        o.set_bounds(Bounds {
-            max_bytes: 1,
-            max_age: None,
-            ..Bounds::DEFAULT
-        });
-        o.push(
-            "gw",
-            &[draft(1, Severity::Warning), draft(2, Severity::Info)],
-            None,
-        )
-        .unwrap();
-        assert_eq!(o.depth(), 0);
-        o.flush_blocking().unwrap();
-    }
-    let o = open(dir.path());
-    assert_eq!(o.dropped().total(), 2);
-    assert_eq!(o.events_pending(), 1);
-    let ev = o.events_to_publish().unwrap();
-    assert_eq!(ev.len(), 1);
-    let (n, e) = &ev[0];
-    let OutboxEvent::Dropped {
-        count, by_reason, ..
-    } = e
-    else {
-        panic!("{e:?}")
+    let (o, _) = open_at(dir.path(), at(0));
+    push_even(&o, 1, &[Info], at(1));
+    let size = o.bytes();
+    o.set_bounds(Bounds {
+        max_bytes: size * 6,
+        max_age: None,
+        ..Bounds::DEFAULT
+    });
+    push_even(&o, 2, &[Critical, Critical], at(2));
+    push_even(&o, 4, &[Warning, Warning], at(3));
+    push_even(&o, 6, &[Info, Info, Info], at(4)); // over by two
+    assert_eq!(o.bytes(), size * 6);
+    assert_eq!(seqs(&o), vec![2, 3, 4, 5, 7, 8]);
+    push_even(&o, 9, &[Critical, Critical, Critical], at(5));
+    assert_eq!(seqs(&o), vec![2, 3, 5, 9, 10, 11]);
+    let d = o.dropped();
+    assert_eq!((d.info, d.warning, d.critical), (4, 1, 0));
+    let ev = o.events().unwrap();
+    assert_eq!(ev.len(), 1, "drops merge into one event: {ev:?}");
+    let OutboxEvent::Dropped { count, seqs: r, .. } = &ev[0].1 else {
+        panic!("{ev:?}")
     };
-    assert_eq!((*count, by_reason.max_bytes), (2, 2));
-    // A drop after the event was taken for publishing starts a new event:
-    // what the broker acknowledges is exactly what was sent.
-    o.set_bounds(Bounds {
-        max_bytes: 1,
-        max_age: None,
-        ..Bounds::DEFAULT
-    });
-    o.push("gw", &[draft(3, Severity::Critical)], None).unwrap();
-    assert_eq!(o.events_pending(), 2);
-    assert!(o.ack_event(*n).unwrap());
-    assert!(!o.ack_event(*n).unwrap());
-    let left = o.events().unwrap();
-    assert_eq!(left.len(), 1);
-    assert!(matches!(&left[0].1, OutboxEvent::Dropped { count: 1, .. }));
+    assert_eq!(*count, 5);
+    assert_eq!(r.ranges, vec![[1, 1], [4, 4], [6, 8]]);
+    // Kept across a crash: the drop record holds alerts, counts and event.
+    drop(o);
+    let (o, _) = open_at(dir.path(), at(6));
+    assert_eq!(seqs(&o), vec![2, 3, 5, 9, 10, 11]);
+    assert_eq!(o.dropped(), d);
+    assert_eq!(o.events().unwrap(), ev);
 }
 
 #[test]
-fn expire_drops_alerts_older_than_max_age_but_not_those_stamped_by_an_unset_clock() {
+fn age_is_time_waited_not_a_difference_of_wall_clocks() {
     let dir = tempfile::tempdir().unwrap();
-    let o = open(dir.path());
-    let t0 = 1_800_000_000_000;
-    o.push_at("gw", &[draft(1, Severity::Critical)], None, 5_000)
-        .unwrap(); // 1970: clock unset
-    o.push_at("gw", &[draft(2, Severity::Critical)], None, t0)
-        .unwrap();
-    o.push_at("gw", &[draft(3, Severity::Info)], None, t0 + 10_000)
-        .unwrap();
+    let ten_days = 10 * 24 * 3_600_000;
+    // Booted with a clock ten days behind, then NTP jumps it forward.
+    let stale = |mono: u64| Now {
+        mono_ms: mono,
+        wall_ms: WALL0 - ten_days + mono as i64,
+    };
+    let synced = |mono: u64| Now {
+        mono_ms: mono,
+        wall_ms: WALL0 + mono as i64,
+    };
+    let (o, _) = open_at(dir.path(), stale(0));
     o.set_bounds(Bounds {
         max_bytes: u64::MAX,
         max_age: Some(Duration::from_secs(60)),
         ..Bounds::DEFAULT
     });
-    assert_eq!(o.expire(t0 + 30_000).unwrap(), 0);
-    assert_eq!(o.expire(t0 + 65_000).unwrap(), 1);
-    assert_eq!(seqs(&o), vec![1, 3]);
-    assert_eq!(o.dropped().critical, 1);
-    let ev = o.events().unwrap();
-    assert!(
-        matches!(&ev[0].1, OutboxEvent::Dropped { by_reason, .. } if by_reason.max_age == 1),
-        "{ev:?}"
-    );
-}
-
-#[test]
-fn purge_removes_every_alert_and_reports_it_as_an_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = open(dir.path());
-    let drafts: Vec<_> = (0..3).map(|i| draft(i, Severity::Warning)).collect();
-    o.push("gw", &drafts, None).unwrap();
-    assert_eq!(o.purge().unwrap(), 3);
-    assert_eq!((o.depth(), o.bytes()), (0, 0));
-    assert_eq!(o.after(None, 10).unwrap(), vec![]);
-    let ev = o.events().unwrap();
-    assert!(
-        matches!(&ev[0].1, OutboxEvent::Purged { count: 3, seqs, .. } if seqs.ranges == vec![[1, 3]]),
-        "{ev:?}"
-    );
+    push(&o, 3, Severity::Info, stale(1_000));
     assert_eq!(
-        o.push("gw", &[draft(9, Severity::Info)], None).unwrap()[0].seq,
-        4
+        o.expire(synced(21_000)).unwrap(),
+        0,
+        "20 s waited, not 10 days"
     );
+    assert_eq!(o.expire(synced(60_999)).unwrap(), 0);
+    assert_eq!(o.expire(synced(61_001)).unwrap(), 3);
+    // A clock ahead that steps back does not stop expiry either.
+    push(&o, 1, Severity::Info, synced(70_000));
+    assert_eq!(o.expire(stale(100_000)).unwrap(), 0);
+    assert_eq!(o.expire(stale(130_001)).unwrap(), 1);
+    let ev = o.events().unwrap();
+    let OutboxEvent::Dropped { by_reason, .. } = &ev[0].1 else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(by_reason.max_age, 4);
 }
 
 #[test]
-fn a_replaced_database_leaves_a_database_replaced_event() {
+fn downtime_counts_toward_age_only_when_both_wall_clocks_are_plausible() {
+    let hour = 3_600_000u64;
+    for (reopen_wall, counted) in [
+        (WALL0 + 2 * hour as i64, true),  // off for two hours, clock right
+        (WALL0 - 5 * hour as i64, false), // booted with a stale clock
+        (1_000, false),                   // no clock at all (1970)
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (o, _) = open_at(dir.path(), at(0));
+        push(&o, 1, Severity::Info, at(0));
+        o.close(Vec::new(), at(0)).unwrap();
+        drop(o);
+        let (o, _) = open_at(
+            dir.path(),
+            Now {
+                mono_ms: 0,
+                wall_ms: reopen_wall,
+            },
+        );
+        o.set_bounds(Bounds {
+            max_bytes: u64::MAX,
+            max_age: Some(Duration::from_millis(hour)),
+            ..Bounds::DEFAULT
+        });
+        let dropped = o
+            .expire(Now {
+                mono_ms: 1,
+                wall_ms: reopen_wall + 1,
+            })
+            .unwrap();
+        assert_eq!(dropped == 1, counted, "reopened at wall {reopen_wall}");
+    }
+}
+
+/// The segment files, oldest first.
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("outbox/log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn lost_after(o: &Outbox) -> Option<u64> {
+    o.events().unwrap().into_iter().find_map(|(_, e)| match e {
+        OutboxEvent::Lost { after_seq, .. } => after_seq,
+        _ => None,
+    })
+}
+
+/// count, ranges, exact, new prefix
+type Lost = (u64, Vec<[u64; 2]>, bool, Option<String>);
+
+fn lost_event(o: &Outbox) -> Option<Lost> {
+    o.events().unwrap().into_iter().find_map(|(_, e)| match e {
+        OutboxEvent::Lost {
+            count,
+            seqs,
+            new_prefix,
+            ..
+        } => Some((count, seqs.ranges, seqs.exact, new_prefix)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_cut_end_of_log_reports_what_was_lost_and_changes_the_id_prefix() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let o = open(dir.path());
-        o.push("gw", &[draft(1, Severity::Info)], None).unwrap();
+    let (o, _) = open_at(dir.path(), at(0));
+    for i in 0..10 {
+        push(&o, 3, Severity::Warning, at(i));
         o.flush_blocking().unwrap();
     }
-    for entry in walk(&dir.path().join("outbox")) {
-        let len = std::fs::metadata(&entry).unwrap().len() as usize;
-        std::fs::write(&entry, vec![0x5Au8; len.max(64)]).unwrap();
-    }
-    let (o, event) = open_full(dir.path());
-    assert!(event.is_some());
-    let ev = o.events().unwrap();
+    let old_id = o.db_id().to_string();
+    drop(o);
+    let seg = segments(dir.path()).pop().unwrap();
+    // The last ~2 records' worth cut off, mid-record (the file's tail
+    // beyond its data is space set aside: zeros).
+    let data = std::fs::read(&seg).unwrap();
+    let end = data.iter().rposition(|b| *b != 0).unwrap() + 1;
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(end as u64 - 700).unwrap();
+    drop(f);
+    let (o, ev) = open_at(dir.path(), at(100));
     assert!(
-        matches!(&ev[0].1, OutboxEvent::DatabaseReplaced { moved_to, .. } if moved_to.contains("outbox.corrupt-")),
+        ev.iter().any(|e| matches!(e, OpenEvent::Damaged { .. })),
         "{ev:?}"
     );
+    let kept = seqs(&o);
+    let last_kept = *kept.last().unwrap();
+    assert!(last_kept < 30 && kept == (1..=last_kept).collect::<Vec<_>>());
+    let (count, ranges, exact, new_prefix) = lost_event(&o).expect("a lost event");
+    // The log alone cannot say how many came after the cut: reported as
+    // "everything after seq N may be lost", and ids change prefix.
+    assert!(!exact);
+    assert!(count <= 30 - last_kept, "{count}");
+    assert!(ranges.iter().all(|r| r[0] > last_kept), "{ranges:?}");
+    assert_eq!(lost_after(&o), Some(last_kept));
+    let new_prefix = new_prefix.expect("a damaged end changes the prefix");
+    assert_ne!(new_prefix, old_id);
+    assert_eq!(o.db_id(), new_prefix);
+    // Seqs go on from what the log knows, under the new prefix.
+    assert_eq!(push(&o, 1, Severity::Info, at(101))[0].seq, last_kept + 1);
+    // Reported once.
+    drop(o);
+    let (o, ev) = open_at(dir.path(), at(200));
+    assert!(
+        !ev.iter().any(|e| matches!(e, OpenEvent::Damaged { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(o.db_id(), new_prefix);
 }
+
+#[test]
+fn flipped_bits_cost_the_alerts_they_hit_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = open_at(dir.path(), at(0));
+    for i in 0..10 {
+        push(&o, 3, Severity::Warning, at(i));
+    }
+    o.flush_blocking().unwrap();
+    let id = o.db_id().to_string();
+    // Where seq 13 is: the fifth commit (seqs 13-15).
+    let victim = o.after(Some(12), 1).unwrap().remove(0);
+    assert_eq!(victim.seq, 13);
+    drop(o);
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut data = std::fs::read(&seg).unwrap();
+    let needle = b"\"seq\":13,";
+    let pos = data
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
+    data[pos + 3] ^= 0x20;
+    std::fs::write(&seg, &data).unwrap();
+    let (o, ev) = open_at(dir.path(), at(100));
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            OpenEvent::Damaged {
+                count: 3,
+                exact: true,
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
+    let expect: Vec<u64> = (1..=30).filter(|s| !(13..=15).contains(s)).collect();
+    assert_eq!(seqs(&o), expect);
+    let (count, ranges, exact, new_prefix) = lost_event(&o).unwrap();
+    assert_eq!((count, ranges, exact), (3, vec![[13, 15]], true));
+    assert_eq!(new_prefix, None, "later alerts survived: no seq can repeat");
+    assert_eq!(o.db_id(), id);
+    assert!(
+        std::fs::read_dir(dir.path().join("outbox/log"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains(".damaged-")),
+        "the damaged segment is kept"
+    );
+}
+
+#[test]
+fn a_log_that_went_back_in_time_behind_its_checkpoint_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = open_at(dir.path(), at(0));
+    push(&o, 5, Severity::Info, at(1));
+    o.flush_blocking().unwrap();
+    let old = tempfile::tempdir().unwrap();
+    copy_dir(&dir.path().join("outbox/log"), old.path());
+    push(&o, 5, Severity::Info, at(2));
+    o.checkpoint(Vec::new(), at(3)).unwrap();
+    let id = o.db_id().to_string();
+    drop(o);
+    // The SD card hands back an older log than the checkpoint describes.
+    std::fs::remove_dir_all(dir.path().join("outbox/log")).unwrap();
+    copy_dir(old.path(), &dir.path().join("outbox/log"));
+    let (o, ev) = open_at(dir.path(), at(10));
+    assert!(
+        ev.iter().any(|e| matches!(e, OpenEvent::NewPrefix { .. })),
+        "{ev:?}"
+    );
+    assert_ne!(o.db_id(), id);
+    let (count, ranges, _, _) = lost_event(&o).unwrap();
+    assert_eq!((count, ranges), (5, vec![[6, 10]]));
+    assert_eq!(push(&o, 1, Severity::Info, at(11))[0].seq, 11);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn with_a_flush_period_an_unclean_stop_changes_the_prefix_and_a_clean_one_does_not() {
+    let period = Options {
+        flush_always: false,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = open_opts(dir.path(), period, at(0));
+    push(&o, 2, Severity::Info, at(1));
+    let id = o.db_id().to_string();
+    o.close(Vec::new(), at(2)).unwrap();
+    drop(o);
+    let (o, ev) = open_opts(dir.path(), period, at(3));
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(o.db_id(), id);
+    push(&o, 2, Severity::Info, at(4));
+    drop(o); // kill -9
+    let (o, ev) = open_opts(dir.path(), period, at(5));
+    assert!(
+        ev.iter().any(|e| matches!(e, OpenEvent::NewPrefix { .. })),
+        "{ev:?}"
+    );
+    assert_ne!(o.db_id(), id);
+    assert_eq!(seqs(&o), vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn a_whole_dead_segment_is_removed_after_a_checkpoint_and_the_disk_follows_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = open_at(dir.path(), at(0));
+    o.set_bounds(Bounds {
+        max_bytes: 1 << 20, // 64 KiB segments
+        max_age: None,
+        ..Bounds::DEFAULT
+    });
+    for i in 0..100 {
+        push(&o, 20, Severity::Info, at(i));
+    }
+    o.flush_blocking().unwrap();
+    let full = segments(dir.path()).len();
+    assert!(full > 3, "{full} segments");
+    let all = seqs(&o);
+    o.ack_many(&all).unwrap();
+    o.maintain(at(1_000)).unwrap();
+    assert!(
+        segments(dir.path()).len() <= 2,
+        "{:?}",
+        segments(dir.path())
+    );
+    drop(o);
+    let (o, _) = open_at(dir.path(), at(2_000));
+    assert_eq!(o.depth(), 0);
+    assert_eq!(o.next_seq(), 2001);
+}
+
+#[test]
+fn severity_drops_scattered_over_segments_are_compacted_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = open_at(dir.path(), at(0));
+    let one = push(&o, 1, Severity::Critical, at(0));
+    let size = serde_json::to_vec(&one[0]).unwrap().len() as u64;
+    o.set_bounds(Bounds {
+        max_bytes: size * 40, // 64 KiB segments, ~40 alerts kept
+        max_age: None,
+        ..Bounds::DEFAULT
+    });
+    // One critical among many infos, again and again: infos get dropped,
+    // criticals keep every segment alive.
+    for i in 0..1500 {
+        let sev = if i % 50 == 0 {
+            Severity::Critical
+        } else {
+            Severity::Info
+        };
+        o.push("gw", &[draft(i, sev)], &[], at(i)).unwrap();
+    }
+    let before = seqs(&o);
+    for i in 0..5 {
+        o.maintain(at(10_000 + i)).unwrap();
+    }
+    let disk: u64 = segments(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        disk <= o.bytes() * 2 + 3 * (64 << 10) + 64 * 1024,
+        "disk {disk} for {} bytes waiting",
+        o.bytes()
+    );
+    assert_eq!(seqs(&o), before, "compaction moves, never loses");
+    drop(o);
+    let (o, ev) = open_at(dir.path(), at(20_000));
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(seqs(&o), before);
+}
+
+#[test]
+fn engine_state_rides_with_its_alerts_and_a_checkpoint_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = open_at(dir.path(), at(0));
+    let kv = |k: &str, v: Option<&str>| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()));
+    o.push(
+        "gw",
+        &[draft(1, Severity::Info)],
+        &[kv("p/a", Some("firing"))],
+        at(1),
+    )
+    .unwrap();
+    o.checkpoint(
+        vec![kv("p/b", Some("pending")), kv("p/c", Some("x"))],
+        at(2),
+    )
+    .unwrap();
+    o.push(
+        "gw",
+        &[draft(2, Severity::Info)],
+        &[kv("p/a", Some("ok")), kv("p/c", None)],
+        at(3),
+    )
+    .unwrap();
+    drop(o);
+    let (o, _) = open_at(dir.path(), at(4));
+    let st = o.take_engine_state().unwrap();
+    let got: BTreeMap<String, String> = st
+        .entries
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8(k.clone()).unwrap(),
+                String::from_utf8(v.clone()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        BTreeMap::from([
+            ("p/a".to_string(), "ok".to_string()),
+            ("p/b".to_string(), "pending".to_string()),
+        ])
+    );
+    assert!(o.take_engine_state().is_none());
+}
+
+#[test]
+fn an_earlier_format_outbox_is_imported_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("outbox");
+    {
+        let db = sled::open(&root).unwrap();
+        let t = db.open_tree(b"outbox").unwrap();
+        for seq in [4u64, 5, 7] {
+            let a = Alert::new(&draft(seq, Severity::Critical), "gw", "abcdef", seq);
+            let mut v = vec![1u8, 2];
+            v.extend_from_slice(&(WALL0 - 1000).to_be_bytes());
+            v.extend_from_slice(&serde_json::to_vec(&a).unwrap());
+            let mut k = vec![b'a'];
+            k.extend_from_slice(&seq.to_be_bytes());
+            t.insert(k, v).unwrap();
+        }
+        t.insert(b"m/next_seq", &9u64.to_be_bytes()).unwrap();
+        t.insert(b"m/db_id", b"abcdef").unwrap();
+        t.insert(b"m/dropped/info", &3u64.to_be_bytes()).unwrap();
+        t.insert(b"m/rules_state", b"{\"version\":1,\"rules\":[]}")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (o, ev) = open_at(dir.path(), at(0));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, OpenEvent::Imported { alerts: 3, .. })),
+        "{ev:?}"
+    );
+    assert_eq!(o.db_id(), "abcdef", "ids go on with the old prefix");
+    let recs = o.after(None, 10).unwrap();
+    assert_eq!(
+        recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![4, 5, 7]
+    );
+    assert_eq!(recs[0].alert().unwrap().id, "gw-abcdef-4");
+    assert_eq!(recs[0].severity, Severity::Critical);
+    assert_eq!(o.next_seq(), 9);
+    assert_eq!(o.dropped().info, 3);
+    assert!(o.take_engine_state().unwrap().legacy_snapshot.is_some());
+    assert!(!dir.path().join("outbox.v1").exists());
+    drop(o);
+    let (o, ev) = open_at(dir.path(), at(1));
+    assert!(ev.is_empty(), "imported once: {ev:?}");
+    assert_eq!(seqs(&o), vec![4, 5, 7]);
+}
+
+#[test]
+fn purge_removes_everything_and_reports_it_without_reusing_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = open_at(dir.path(), at(0));
+    push(&o, 3, Severity::Info, at(1));
+    assert_eq!(o.purge().unwrap(), 3);
+    assert_eq!(o.depth(), 0);
+    assert!(
+        o.events()
+            .unwrap()
+            .iter()
+            .any(|(_, e)| matches!(e, OutboxEvent::Purged { count: 3, .. }))
+    );
+    drop(o);
+    let (o, _) = open_at(dir.path(), at(2));
+    assert_eq!(o.depth(), 0);
+    assert_eq!(push(&o, 1, Severity::Info, at(3))[0].seq, 4);
+}
+
+#[test]
+fn an_oversized_alert_is_cut_when_stored_so_what_is_stored_is_what_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = open_at(dir.path(), at(0));
+    o.set_bounds(Bounds {
+        max_payload: 1024,
+        ..Bounds::DEFAULT
+    });
+    let mut d = draft(1, Severity::Info);
+    d.message = "x".repeat(5000);
+    let a = o.push("gw", &[d], &[], at(1)).unwrap();
+    let r = o.after(None, 1).unwrap().remove(0);
+    assert!(r.payload.len() <= 1024);
+    assert_eq!(r.payload, a[0].to_payload(1024));
+}
+
+// ---------------------------------------------------------------------------
+// Model check
+// ---------------------------------------------------------------------------
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -380,177 +698,148 @@ enum Op {
     Push(Vec<u8>),
     /// Acknowledge the n-th waiting alert (modulo how many wait).
     Ack(usize),
-    /// Acknowledge a seq that was already acknowledged or never existed.
+    /// Acknowledge a seq that is not waiting.
     AckStale(u64),
     Flush,
-    Reopen,
-    /// Read up to n alerts after the n-th waiting one.
-    Peek(usize, usize),
-    /// Set `max_bytes` to this many average alerts (0: unbounded).
-    Bound(u8),
-    /// Drop what is older than `max_age`.
+    /// kill -9 and open again.
+    Crash,
+    /// A clean stop and open again.
+    Restart,
+    Maintain,
+    /// Let time pass (ms).
+    Wait(u64),
     Expire,
-    /// Publish and acknowledge every pending event.
-    AckEvents,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => proptest::collection::vec(0u8..3, 1..5).prop_map(Op::Push),
-        3 => any::<usize>().prop_map(Op::Ack),
-        1 => (0u64..64).prop_map(Op::AckStale),
+        4 => proptest::collection::vec(0u8..3, 1..6).prop_map(Op::Push),
+        3 => (0usize..64).prop_map(Op::Ack),
+        1 => (0u64..200).prop_map(Op::AckStale),
         1 => Just(Op::Flush),
-        1 => Just(Op::Reopen),
-        2 => (any::<usize>(), 1usize..8).prop_map(|(a, b)| Op::Peek(a, b)),
-        1 => (0u8..12).prop_map(Op::Bound),
+        1 => Just(Op::Crash),
+        1 => Just(Op::Restart),
+        1 => Just(Op::Maintain),
+        1 => (0u64..40_000).prop_map(Op::Wait),
         1 => Just(Op::Expire),
-        1 => Just(Op::AckEvents),
     ]
 }
 
-/// The model's alert.
-#[derive(Debug, Clone)]
-struct M {
-    id: String,
-    severity: Severity,
-    len: u64,
-    created: i64,
+/// What the outbox must hold: seq -> (severity, payload bytes, created at).
+#[derive(Debug, Default)]
+struct Model {
+    waiting: BTreeMap<u64, (Severity, u64, u64)>,
+    /// Acknowledged, not yet on disk: a crash brings them back.
+    unsaved_acks: BTreeMap<u64, (Severity, u64, u64)>,
+    next_seq: u64,
+    dropped: u64,
 }
 
-/// Seconds of model time per operation, and the age bound in those units.
-const STEP_MS: i64 = 1_000;
-const MAX_AGE_MS: i64 = 20_000;
-const T0: i64 = 1_800_000_000_000;
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-
-    /// Model check against an obviously-correct in-memory outbox: FIFO order,
-    /// nothing acknowledged comes back, nothing unacknowledged is lost across
-    /// reopen, seqs are never reused, and the bounds drop exactly what the
-    /// rule says (lowest severity, then oldest; older than max_age), never
-    /// exceed max_bytes, and every drop is counted and in an event.
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
     #[test]
-    fn the_outbox_behaves_like_an_ordered_map_that_survives_reopen(ops in proptest::collection::vec(op(), 1..40)) {
+    fn the_outbox_matches_a_model_through_crashes_restarts_and_bounds(ops in proptest::collection::vec(op(), 1..60), max_alerts in 3u64..20) {
         let dir = tempfile::tempdir().unwrap();
-        let mut o = Some(open(dir.path()));
-        let mut model: BTreeMap<u64, M> = BTreeMap::new();
-        let mut acked: BTreeSet<u64> = BTreeSet::new();
-        let mut dropped: BTreeSet<u64> = BTreeSet::new();
-        let mut reported: BTreeSet<u64> = BTreeSet::new();
-        let mut dropped_by = BySeverity::default();
-        let mut next = 1u64;
-        let mut bounds = Bounds { max_bytes: u64::MAX, max_age: Some(Duration::from_millis(MAX_AGE_MS as u64)), ..Bounds::DEFAULT };
-        o.as_ref().unwrap().set_bounds(bounds);
-        let mut now = T0;
-        // A lowered max_bytes holds from the next push on.
-        let mut bound_lowered = false;
+        let mut mono = 0u64;
+        let (mut o, _) = open_at(dir.path(), at(mono));
+        let probe = serde_json::to_vec(&Alert::new(&draft(0, Severity::Info), "gw", o.db_id(), 1)).unwrap().len() as u64;
+        let bounds = Bounds { max_bytes: probe * max_alerts, max_age: Some(Duration::from_secs(60)), ..Bounds::DEFAULT };
+        o.set_bounds(bounds);
+        let mut m = Model { next_seq: 1, ..Model::default() };
+        let sevs = [Severity::Info, Severity::Warning, Severity::Critical];
         for op in ops {
-            now += STEP_MS;
-            let ob = o.as_ref().unwrap();
             match op {
-                Op::Push(sevs) => {
-                    let drafts: Vec<_> = sevs.iter().enumerate().map(|(i, s)| draft(next + i as u64, sev(*s))).collect();
-                    let alerts = ob.push_at("gw", &drafts, None, now).unwrap();
-                    for a in alerts {
-                        prop_assert_eq!(a.seq, next);
-                        let len = serde_json::to_vec(&a).unwrap().len() as u64;
-                        model.insert(a.seq, M { id: a.id.clone(), severity: a.severity, len, created: now });
-                        next += 1;
+                Op::Push(s) => {
+                    let drafts: Vec<_> = s.iter().map(|i| draft(m.next_seq, sevs[*i as usize])).collect();
+                    let alerts = o.push("gw", &drafts, &[], at(mono)).unwrap();
+                    // Pushing writes pending acknowledgements too.
+                    m.unsaved_acks.clear();
+                    for (a, d) in alerts.iter().zip(&drafts) {
+                        prop_assert_eq!(a.seq, m.next_seq);
+                        let len = serde_json::to_vec(a).unwrap().len() as u64;
+                        m.waiting.insert(a.seq, (d.severity, len, mono));
+                        m.next_seq += 1;
                     }
-                    bound_lowered = false;
-                    // The model's eviction: lowest severity, then lowest seq.
-                    let mut total: u64 = model.values().map(|m| m.len).sum();
-                    while total > bounds.max_bytes {
-                        let (&seq, _) = model.iter().min_by_key(|(s, m)| (m.severity, **s)).unwrap();
-                        let m = model.remove(&seq).unwrap();
-                        total -= m.len;
-                        dropped.insert(seq);
-                        dropped_by.add(m.severity, 1);
+                    // The bound, in the model's own words.
+                    let mut bytes: u64 = m.waiting.values().map(|v| v.1).sum();
+                    while bytes > bounds.max_bytes {
+                        let victim = sevs.iter().find_map(|sev| m.waiting.iter().find(|(_, v)| v.0 == *sev).map(|(s, _)| *s)).unwrap();
+                        bytes -= m.waiting.remove(&victim).unwrap().1;
+                        m.dropped += 1;
                     }
                 }
                 Op::Ack(i) => {
-                    if !model.is_empty() {
-                        let seq = *model.keys().nth(i % model.len()).unwrap();
-                        prop_assert!(ob.ack(seq).unwrap());
-                        model.remove(&seq);
-                        acked.insert(seq);
+                    if let Some(seq) = m.waiting.keys().nth(i % m.waiting.len().max(1)).copied() {
+                        prop_assert!(o.ack(seq).unwrap());
+                        let v = m.waiting.remove(&seq).unwrap();
+                        m.unsaved_acks.insert(seq, v);
+                        if m.unsaved_acks.len() >= ACK_RECORD_EVERY {
+                            m.unsaved_acks.clear();
+                        }
                     }
                 }
                 Op::AckStale(seq) => {
-                    if !model.contains_key(&seq) {
-                        prop_assert!(!ob.ack(seq).unwrap());
+                    if !m.waiting.contains_key(&seq) {
+                        prop_assert!(!o.ack(seq).unwrap());
                     }
                 }
-                Op::Flush => { ob.flush_blocking().unwrap(); }
-                Op::Reopen => {
-                    drop(o.take()); // closes sled, which flushes
-                    o = Some(open(dir.path()));
-                    o.as_ref().unwrap().set_bounds(bounds);
+                Op::Flush => {
+                    o.flush_blocking().unwrap();
                 }
-                Op::Peek(i, n) => {
-                    let after = if model.is_empty() { None } else { model.keys().nth(i % model.len()).copied() };
-                    let got: Vec<u64> = ob.after(after, n).unwrap().iter().map(|r| r.seq).collect();
-                    let want: Vec<u64> = model.keys().copied().filter(|s| after.is_none_or(|a| *s > a)).take(n).collect();
-                    prop_assert_eq!(got, want);
-                }
-                Op::Bound(k) => {
-                    // Takes effect at the next push, as in the gateway.
-                    bound_lowered = true;
-                    bounds.max_bytes = if k == 0 { u64::MAX } else { u64::from(k) * 330 };
-                    ob.set_bounds(bounds);
-                }
-                Op::Expire => {
-                    ob.expire(now).unwrap();
-                    let old: Vec<u64> = model.iter().filter(|(_, m)| m.created < now - MAX_AGE_MS).map(|(s, _)| *s).collect();
-                    for s in old {
-                        let m = model.remove(&s).unwrap();
-                        dropped.insert(s);
-                        dropped_by.add(m.severity, 1);
-                    }
-                }
-                Op::AckEvents => {
-                    let ev = ob.events_to_publish().unwrap();
-                    for (n, e) in ev {
-                        if let OutboxEvent::Dropped { seqs, .. } = e {
-                            for r in seqs.ranges { reported.extend(r[0]..=r[1]); }
+                Op::Crash => {
+                    drop(o);
+                    o = open_at(dir.path(), at(mono)).0;
+                    // Acknowledgements not yet written come back (they are
+                    // sent again: at least once); nothing else changes.
+                    let got = seqs(&o);
+                    let unsaved = std::mem::take(&mut m.unsaved_acks);
+                    prop_assert!(unsaved.len() < ACK_RECORD_EVERY);
+                    for s in &got {
+                        if !m.waiting.contains_key(s) {
+                            let v = unsaved.get(s).copied();
+                            prop_assert!(v.is_some(), "seq {} came back but was never acknowledged-unsaved", s);
+                            if let Some(v) = v {
+                                m.waiting.insert(*s, v);
+                            }
                         }
-                        prop_assert!(ob.ack_event(n).unwrap());
                     }
-                    prop_assert_eq!(ob.events_pending(), 0);
+                    let want: Vec<u64> = m.waiting.keys().copied().collect();
+                    prop_assert_eq!(&got, &want, "lost across a crash");
+                    o.set_bounds(bounds);
+                    let mut bytes: u64 = m.waiting.values().map(|v| v.1).sum();
+                    while bytes > bounds.max_bytes {
+                        let victim = sevs.iter().find_map(|sev| m.waiting.iter().find(|(_, v)| v.0 == *sev).map(|(s, _)| *s)).unwrap();
+                        bytes -= m.waiting.remove(&victim).unwrap().1;
+                        m.dropped += 1;
+                    }
+                }
+                Op::Restart => {
+                    o.close(Vec::new(), at(mono)).unwrap();
+                    drop(o);
+                    o = open_at(dir.path(), at(mono)).0;
+                    o.set_bounds(bounds);
+                    m.unsaved_acks.clear();
+                }
+                Op::Maintain => o.maintain(at(mono)).unwrap(),
+                Op::Wait(ms) => mono += ms,
+                Op::Expire => {
+                    let n = o.expire(at(mono)).unwrap();
+                    let cutoff = mono.saturating_sub(60_000);
+                    let old: Vec<u64> = m.waiting.iter().filter(|(_, v)| v.2 < cutoff).map(|(s, _)| *s).collect();
+                    prop_assert_eq!(n, old.len() as u64);
+                    for s in old {
+                        m.waiting.remove(&s);
+                        m.dropped += 1;
+                    }
                 }
             }
-            let ob = o.as_ref().unwrap();
-            let stored: Vec<(u64, String, Severity)> = ob.after(None, usize::MAX).unwrap().iter()
-                .map(|r| (r.seq, r.alert().unwrap().id, r.severity)).collect();
-            let want: Vec<(u64, String, Severity)> = model.iter().map(|(k, m)| (*k, m.id.clone(), m.severity)).collect();
-            prop_assert_eq!(stored, want);
-            prop_assert_eq!(ob.depth(), model.len() as u64);
-            let bytes: u64 = model.values().map(|m| m.len).sum();
-            prop_assert_eq!(ob.bytes(), bytes);
-            if !bound_lowered {
-                prop_assert!(ob.bytes() <= bounds.max_bytes, "{} > {}", ob.bytes(), bounds.max_bytes);
-            }
-            prop_assert_eq!(ob.next_seq(), next);
-            prop_assert_eq!(ob.dropped(), dropped_by);
-            // Every drop is in exactly one place: an acknowledged event or a pending one.
-            let mut all = reported.clone();
-            all.extend(dropped_ranges(ob));
-            prop_assert_eq!(&all, &dropped);
-            for s in &acked {
-                prop_assert!(ob.after(Some(s.saturating_sub(1)), 1).unwrap().first().is_none_or(|r| r.seq != *s));
-            }
+            let want: Vec<u64> = m.waiting.keys().copied().collect();
+            prop_assert_eq!(seqs(&o), want);
+            prop_assert_eq!(o.depth(), m.waiting.len() as u64);
+            prop_assert_eq!(o.bytes(), m.waiting.values().map(|v| v.1).sum::<u64>());
+            prop_assert!(o.bytes() <= bounds.max_bytes);
+            prop_assert_eq!(o.next_seq(), m.next_seq);
+            prop_assert_eq!(o.dropped().total(), m.dropped);
         }
     }
-}
-
-/// The severity stored in a payload.
-pub fn severity_of(payload: &[u8]) -> Option<Severity> {
-    #[derive(serde::Deserialize)]
-    struct S {
-        severity: Severity,
-    }
-    serde_json::from_slice::<S>(payload)
-        .ok()
-        .map(|s| s.severity)
 }

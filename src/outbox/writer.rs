@@ -1,19 +1,30 @@
 //! The outbox writer: the task that stores what the evaluator hands over.
 //!
 //! It takes every [`Batch`] queued (alerts created together share one
-//! flush: group commit), stores them with [`Outbox::push`], flushes per
-//! `[outbox] flush`, and announces on the `durable` channel the highest seq
-//! the upstream may publish: under `flush = "always"` only once a flush that
-//! began after that seq was pushed has returned ([`Outbox::flush`] says what
-//! it covered); under a period at once. Its timer drops what is older than
-//! `max_age` and runs the periodic flush.
+//! flush: group commit, up to [`PUSH_LIMIT`] alerts), stores them with
+//! [`Outbox::push`] together with the engine transitions that made them,
+//! flushes per `[outbox] flush`, and announces on the `durable` channel the
+//! highest seq the upstream may publish: under `flush = "always"` only what
+//! a flush that began after the push covered; under a period at once. Its
+//! timer runs the outbox's housekeeping ([`Outbox::maintain`]), `max_age`
+//! ([`Outbox::expire`]) and the periodic flush; a batch that carries a
+//! checkpoint of the engine's state has it written after its alerts.
 //!
-//! A disk that refuses writes: the drafts are held in memory (at most
-//! [`RETRY_LIMIT`], the oldest go beyond that) and the write is retried
-//! after a capped, jittered backoff. Batches are still taken meanwhile, so
-//! the evaluator never waits on a failing disk.
+//! Memory is bounded in alerts, not in batches: the channel from the
+//! evaluator holds a few batches of at most a few thousand alerts each, so
+//! a producer faster than the disk waits (and the sources behind it),
+//! rather than queueing without end.
+//!
+//! A disk that refuses writes: when it is full, the outbox first makes
+//! room if its own files are what fills it ([`Outbox::relieve_full_disk`]);
+//! otherwise the drafts are held (at most [`HOLD_LIMIT`]) and the write is
+//! retried after a capped, jittered backoff, while batches keep coming.
+//! What does not fit is counted and reported as `unstored`
+//! ([`Outbox::count_unstored`]), never dropped silently. At shutdown a disk
+//! that still refuses gets one more try, then what is held is counted as
+//! unstored: stopping never waits on a dead disk.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,26 +32,35 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::Outbox;
+use super::{Outbox, OutboxError};
 use crate::backoff::{Backoff, jitter};
 use crate::config::FlushPolicy;
-use crate::rules::AlertDraft;
+use crate::reading::Clock;
+use crate::rules::{AlertDraft, Change};
 use crate::telemetry::Telemetry;
 
-/// Drafts held in memory while the disk refuses writes; beyond this the oldest go.
-const RETRY_LIMIT: usize = 10_000;
+/// Drafts held in memory while the disk refuses writes; beyond this the
+/// oldest are counted as unstored.
+pub const HOLD_LIMIT: usize = 2_000;
 /// Drafts stored in one push at most (one batch, one flush).
-const PUSH_LIMIT: usize = 4096;
+pub const PUSH_LIMIT: usize = 4096;
 /// First and longest wait before writing again after a failed write.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often housekeeping runs (and the flush under `flush = "always"`
+/// catches what a failed flush left).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
-/// What the evaluator hands the writer: the drafts it emitted and, when
-/// given, the engine's state to store with them.
+/// What the evaluator hands the writer.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub drafts: Vec<AlertDraft>,
-    pub rules_state: Option<Vec<u8>>,
+    /// The engine state of the pairs that emitted `drafts`: stored with
+    /// them, in the same record.
+    pub transitions: Vec<Change>,
+    /// A checkpoint of the engine's state (pairs changed since the last
+    /// one) to write once `drafts` are stored.
+    pub checkpoint: Option<Vec<Change>>,
 }
 
 /// The writer task; see the module documentation.
@@ -50,14 +70,16 @@ pub struct Writer {
     pub flush: FlushPolicy,
     pub outbox: Arc<Outbox>,
     pub telemetry: Arc<Telemetry>,
+    /// The clock the outbox was opened with.
+    pub clock: Clock,
 }
 
 /// What the writer holds between two writes.
 struct Held {
     drafts: VecDeque<AlertDraft>,
-    /// Drafts dropped by [`RETRY_LIMIT`] and not yet reported.
-    lost: usize,
-    rules_state: Option<Vec<u8>>,
+    /// Latest value per key, in arrival order of keys' last change.
+    transitions: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    checkpoint: Option<Vec<Change>>,
     /// Pushed but not flushed yet.
     unflushed: bool,
     /// After a failed write: not before this instant again.
@@ -67,166 +89,201 @@ struct Held {
 
 impl Held {
     fn is_empty(&self) -> bool {
-        self.drafts.is_empty() && self.rules_state.is_none()
+        self.drafts.is_empty() && self.transitions.is_empty() && self.checkpoint.is_none()
     }
 
     fn take(&mut self, b: Batch) {
         self.drafts.extend(b.drafts);
-        if b.rules_state.is_some() {
-            self.rules_state = b.rules_state;
-        }
-    }
-
-    /// Drops the oldest drafts beyond [`RETRY_LIMIT`] (reported by
-    /// [`Held::report_lost`], once per write attempt).
-    fn bound(&mut self) {
-        while self.drafts.len() > RETRY_LIMIT {
-            self.drafts.pop_front();
-            self.lost += 1;
-        }
-    }
-
-    fn report_lost(&mut self) {
-        if self.lost > 0 {
-            error!(
-                lost = std::mem::take(&mut self.lost),
-                "outbox write keeps failing; oldest alerts not yet stored were dropped"
-            );
+        self.transitions.extend(b.transitions);
+        if let Some(c) = b.checkpoint {
+            self.checkpoint.get_or_insert_with(Vec::new).extend(c);
         }
     }
 }
 
 impl Writer {
     /// Runs until `batches` is closed and everything taken is stored (or the
-    /// disk refuses it at shutdown), then flushes once more.
+    /// disk refuses it at shutdown), then closes the outbox cleanly.
     pub async fn run(self, mut batches: mpsc::Receiver<Batch>, durable: watch::Sender<u64>) {
         let period = match self.flush {
-            FlushPolicy::Always => Duration::from_secs(1),
-            FlushPolicy::Every(p) => p,
+            FlushPolicy::Always => HOUSEKEEPING,
+            FlushPolicy::Every(p) => p.min(HOUSEKEEPING),
         };
         let mut timer = tokio::time::interval(period);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_flush = Instant::now();
         let mut held = Held {
             drafts: VecDeque::new(),
-            lost: 0,
-            rules_state: None,
+            transitions: BTreeMap::new(),
+            checkpoint: None,
             unflushed: false,
             retry_at: None,
             backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
         };
         let mut open = true;
-        while open || !held.is_empty() {
+        while open {
             let retry_at = held.retry_at.unwrap_or_else(Instant::now);
             tokio::select! {
-                b = batches.recv(), if open => match b {
+                b = batches.recv() => match b {
                     Some(b) => {
                         held.take(b);
-                        while let Ok(b) = batches.try_recv() {
+                        while held.drafts.len() < PUSH_LIMIT {
+                            let Ok(b) = batches.try_recv() else { break };
                             held.take(b);
-                            if held.drafts.len() >= PUSH_LIMIT { break; }
                         }
                     }
                     None => open = false,
                 },
-                _ = timer.tick() => self.on_timer(&mut held, &durable).await,
+                _ = timer.tick() => {
+                    self.housekeeping();
+                    let due = match self.flush {
+                        FlushPolicy::Always => true,
+                        FlushPolicy::Every(p) => last_flush.elapsed() >= p,
+                    };
+                    if held.unflushed && due {
+                        last_flush = Instant::now();
+                        self.flush_and_announce(&mut held, &durable).await;
+                    }
+                }
                 _ = tokio::time::sleep_until(retry_at), if held.retry_at.is_some() => {
                     held.retry_at = None;
                 }
             }
             if held.retry_at.is_some() {
                 // Waiting out the backoff: hold what came, within the limit.
-                held.bound();
+                self.bound(&mut held);
                 continue;
             }
-            if held.is_empty() {
-                continue;
-            }
-            if !self.store(&mut held, &durable).await && !open {
-                // Stopping and the disk still refuses: nothing more to do.
-                return;
+            if !held.is_empty() {
+                self.store(&mut held, &durable).await;
             }
         }
-        if let Err(e) = self.outbox.flush().await {
-            error!(error = %e, "final outbox flush failed");
+        // Stopping: one more try for what is held, then a clean close.
+        if !held.drafts.is_empty() || !held.transitions.is_empty() {
+            self.store(&mut held, &durable).await;
+            if !held.drafts.is_empty() {
+                let drafts: Vec<AlertDraft> = held.drafts.drain(..).collect();
+                error!(
+                    unstored = drafts.len(),
+                    "stopping while the outbox refuses writes: alerts not stored"
+                );
+                self.outbox
+                    .count_unstored(&drafts, "the disk refused writes", self.clock.now());
+            }
+        }
+        let changes = held.checkpoint.take().unwrap_or_default();
+        if let Err(e) = self.outbox.close(changes, self.clock.now()) {
+            error!(error = %e, "cannot close the outbox cleanly; the next start replays its log");
         }
     }
 
-    /// `max_age` drops and the periodic flush.
-    async fn on_timer(&self, held: &mut Held, durable: &watch::Sender<u64>) {
-        // max_age: the drops are one batch, made durable by the next flush.
-        match self.outbox.expire(crate::reading::wall_ms()) {
-            Ok(0) => {}
-            Ok(_) => held.unflushed = true,
-            Err(e) => {
-                Telemetry::bump(&self.telemetry.outbox_errors);
-                warn!(error = %e, "cannot drop expired alerts");
-            }
+    /// Housekeeping and `max_age` drops.
+    fn housekeeping(&self) {
+        let now = self.clock.now();
+        if let Err(e) = self.outbox.maintain(now) {
+            Telemetry::bump(&self.telemetry.outbox_errors);
+            warn!(error = %e, "outbox housekeeping failed");
         }
-        if held.unflushed {
-            match self.outbox.flush().await {
-                Ok(covered) => {
-                    held.unflushed = false;
-                    Telemetry::bump(&self.telemetry.outbox_flushes);
-                    if self.flush == FlushPolicy::Always {
-                        // Alerts whose own flush had failed are durable now.
-                        let _ = durable.send(covered);
+        if let Err(e) = self.outbox.expire(now) {
+            Telemetry::bump(&self.telemetry.outbox_errors);
+            warn!(error = %e, "cannot drop expired alerts");
+        }
+    }
+
+    /// Keeps what is held within [`HOLD_LIMIT`]: the oldest beyond it are
+    /// counted and reported as unstored.
+    fn bound(&self, held: &mut Held) {
+        let over = held.drafts.len().saturating_sub(HOLD_LIMIT);
+        if over > 0 {
+            let gone: Vec<AlertDraft> = held.drafts.drain(..over).collect();
+            error!(
+                unstored = over,
+                "the outbox keeps refusing writes: alerts that cannot be held are counted and reported as unstored"
+            );
+            self.outbox
+                .count_unstored(&gone, "the disk refused writes", self.clock.now());
+        }
+    }
+
+    /// Stores what is held and flushes per policy. After a failed write the
+    /// drafts stay held and a retry is scheduled.
+    async fn store(&self, held: &mut Held, durable: &watch::Sender<u64>) {
+        let mut tried_room = false;
+        loop {
+            let n = held.drafts.len().min(PUSH_LIMIT);
+            let drafts: Vec<AlertDraft> = held.drafts.iter().take(n).cloned().collect();
+            let transitions: Vec<Change> = if n == held.drafts.len() {
+                held.transitions
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let now = self.clock.now();
+            match self.outbox.push(&self.gateway, &drafts, &transitions, now) {
+                Ok(alerts) => {
+                    held.drafts.drain(..n);
+                    if !transitions.is_empty() {
+                        held.transitions.clear();
+                    }
+                    held.backoff.reset();
+                    for a in &alerts {
+                        self.telemetry.alert_created(&a.rule, a.state);
+                        info!(id = %a.id, rule = %a.rule, sensor = %a.sensor, metric = %a.metric, state = %a.state, severity = %a.severity, value = a.value, threshold = a.threshold, text = %a.message, "alert");
+                    }
+                    held.unflushed = true;
+                    match self.flush {
+                        FlushPolicy::Always => self.flush_and_announce(held, durable).await,
+                        FlushPolicy::Every(_) => {
+                            let _ = durable.send(self.outbox.next_seq().saturating_sub(1));
+                        }
+                    }
+                    if held.drafts.is_empty() {
+                        break;
                     }
                 }
-                Err(e) => warn!(error = %e, "periodic outbox flush failed"),
+                Err(e) => {
+                    Telemetry::bump(&self.telemetry.outbox_errors);
+                    if e.is_no_space() && !tried_room {
+                        tried_room = true;
+                        if self.outbox.relieve_full_disk(now) {
+                            continue;
+                        }
+                    }
+                    self.failed(held, &e);
+                    return;
+                }
             }
         }
-    }
-
-    /// Stores what is held and flushes per policy; false when the write
-    /// failed (the drafts are still held, and a retry is scheduled).
-    async fn store(&self, held: &mut Held, durable: &watch::Sender<u64>) -> bool {
-        // Drafts dropped while waiting out the backoff.
-        held.report_lost();
-        let drafts = held.drafts.make_contiguous();
-        match self
-            .outbox
-            .push(&self.gateway, drafts, held.rules_state.as_deref())
+        if let Some(changes) = held.checkpoint.take()
+            && let Err(e) = self.outbox.checkpoint(changes, self.clock.now())
         {
-            Ok(alerts) => {
-                held.drafts.clear();
-                held.rules_state = None;
-                held.backoff.reset();
-                for a in &alerts {
-                    self.telemetry.alert_created(&a.rule, a.state);
-                    info!(id = %a.id, rule = %a.rule, sensor = %a.sensor, metric = %a.metric, state = %a.state, severity = %a.severity, value = a.value, threshold = a.threshold, text = %a.message, "alert");
-                }
-                held.unflushed = true;
-                match self.flush {
-                    FlushPolicy::Always => self.flush_and_announce(held, durable).await,
-                    FlushPolicy::Every(_) => {
-                        let _ = durable.send(self.outbox.next_seq().saturating_sub(1));
-                    }
-                }
-                true
-            }
-            Err(e) => {
-                Telemetry::bump(&self.telemetry.outbox_errors);
-                held.bound();
-                held.report_lost();
-                let delay = held.backoff.next_delay(jitter());
-                error!(error = %e, waiting = held.drafts.len(), retry_in = ?delay, "cannot write alerts to the outbox (disk full?); holding them and retrying");
-                held.retry_at = Some(Instant::now() + delay);
-                false
-            }
+            // The changes stay with the outbox for its next checkpoint.
+            Telemetry::bump(&self.telemetry.outbox_errors);
+            warn!(error = %e, "cannot write the outbox checkpoint; will retry");
         }
     }
 
-    /// `flush = "always"`: flushes, then announces what the flush covered.
-    /// A failed flush holds publishing back until one succeeds.
+    fn failed(&self, held: &mut Held, e: &OutboxError) {
+        self.bound(held);
+        let delay = held.backoff.next_delay(jitter());
+        error!(error = %e, waiting = held.drafts.len(), retry_in = ?delay, "cannot write alerts to the outbox (disk full?); holding them and retrying");
+        held.retry_at = Some(Instant::now() + delay);
+    }
+
+    /// Flushes, then (under `flush = "always"`) announces what the flush
+    /// covered. A failed flush holds publishing back until one succeeds.
     async fn flush_and_announce(&self, held: &mut Held, durable: &watch::Sender<u64>) {
         match self.outbox.flush().await {
             Ok(covered) => {
                 held.unflushed = false;
                 Telemetry::bump(&self.telemetry.outbox_flushes);
-                let _ = durable.send(covered);
+                if self.flush == FlushPolicy::Always {
+                    let _ = durable.send(covered);
+                }
             }
             Err(e) => {
-                // Not durable yet: hold publishing back until a flush succeeds.
                 Telemetry::bump(&self.telemetry.outbox_errors);
                 error!(error = %e, "outbox flush failed; retrying");
             }

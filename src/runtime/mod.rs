@@ -54,7 +54,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     telemetry
         .rules_loaded
         .store(config.rules.len() as u64, Ordering::Relaxed);
-    let outbox = open_outbox(&config, &telemetry).await?;
+    let clock = Clock::new();
+    let outbox = open_outbox(&config, &telemetry, clock).await?;
     info!(
         gateway = %config.gateway.id,
         outbox = %outbox.path().display(),
@@ -65,7 +66,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "outpost starting"
     );
 
-    let clock = Clock::new();
     let evaluator = Evaluator::restore(config.rules.clone(), &outbox, clock);
 
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_QUEUE);
@@ -114,6 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         flush: config.outbox.flush,
         outbox: outbox.clone(),
         telemetry: telemetry.clone(),
+        clock,
     };
     let writer_task = tokio::spawn(writer.run(batch_rx, durable_tx));
     let upstream_task = match &config.upstream {
@@ -186,18 +187,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Opens (or creates) the outbox under `state_dir`, with the configured
-/// bounds. A corrupt database is moved aside by the outbox; that is logged
-/// and counted here.
-async fn open_outbox(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Arc<Outbox>> {
+/// bounds. What opening had to repair (damage, a replaced checkpoint store,
+/// an import) is logged, and counted as an outbox error when it is damage.
+async fn open_outbox(
+    config: &Config,
+    telemetry: &Telemetry,
+    clock: Clock,
+) -> anyhow::Result<Arc<Outbox>> {
     let state_dir = config.gateway.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
-    let (outbox, event) = tokio::task::spawn_blocking(move || Outbox::open(&state_dir))
-        .await
-        .context("outbox open task")??;
-    if let Some(OpenEvent::Replaced { moved_to, reason }) = &event {
-        error!(moved_to = %moved_to.display(), %reason, "the outbox database was corrupt; moved it aside and started a fresh one");
-        Telemetry::bump(&telemetry.outbox_errors);
+    let opts = crate::outbox::Options {
+        flush_always: config.outbox.flush == crate::config::FlushPolicy::Always,
+    };
+    let now = clock.now();
+    let (outbox, events) =
+        tokio::task::spawn_blocking(move || Outbox::open_with(&state_dir, opts, now))
+            .await
+            .context("outbox open task")??;
+    for e in &events {
+        match e {
+            OpenEvent::Imported { .. } | OpenEvent::NewPrefix { .. } => info!("{e}"),
+            _ => {
+                error!("{e}");
+                Telemetry::bump(&telemetry.outbox_errors);
+            }
+        }
     }
     outbox.set_bounds(Bounds {
         max_bytes: config.outbox.max_bytes,

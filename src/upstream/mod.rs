@@ -525,7 +525,8 @@ mod tests {
         o.push(
             "gw",
             &[draft("é".repeat(5000)), draft("short".into())],
-            None,
+            &[],
+            crate::reading::Clock::new().now(),
         )
         .unwrap();
         for r in o.after(None, 10).unwrap() {
@@ -540,7 +541,13 @@ mod tests {
     fn a_record_stored_under_a_larger_max_payload_is_cut_to_fit() {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(dir.path()).unwrap().0;
-        o.push("gw", &[draft("x".repeat(4000))], None).unwrap();
+        o.push(
+            "gw",
+            &[draft("x".repeat(4000))],
+            &[],
+            crate::reading::Clock::new().now(),
+        )
+        .unwrap();
         let r = o.oldest().unwrap().unwrap();
         let alert = r.alert().unwrap();
         let p = publishable(r.payload, &alert, 1024);

@@ -1,11 +1,13 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
+use crate::outbox::OutboxEvent;
+use crate::outbox::tests::TinyFs;
 
 fn batch(i: u64) -> Batch {
     Batch {
         drafts: vec![AlertDraft::for_test(i)],
-        rules_state: None,
+        ..Batch::default()
     }
 }
 
@@ -19,7 +21,10 @@ struct Running {
 }
 
 fn start(flush: FlushPolicy) -> Running {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(flush, tempfile::tempdir().unwrap())
+}
+
+fn start_in(flush: FlushPolicy, dir: tempfile::TempDir) -> Running {
     let outbox = Arc::new(Outbox::open(dir.path()).unwrap().0);
     let (tx, rx) = mpsc::channel(1024);
     let (dtx, durable) = watch::channel(0);
@@ -29,6 +34,7 @@ fn start(flush: FlushPolicy) -> Running {
         flush,
         outbox: outbox.clone(),
         telemetry: telemetry.clone(),
+        clock: Clock::new(),
     };
     let task = tokio::spawn(writer.run(rx, dtx));
     Running {
@@ -140,12 +146,35 @@ async fn with_a_flush_period_alerts_are_announced_at_once_and_flushed_on_the_per
     w.task.await.unwrap();
 }
 
-/// sled refuses every write to a dropped tree: a disk that keeps failing.
+/// Fills the filesystem: every free byte, the space the outbox's segment
+/// set aside, and its reserve. Returns the fillers (remove them to give
+/// the space back) and how many alerts it stored on the way.
+fn fill(fs: &TinyFs, outbox: &Outbox) -> (Vec<std::path::PathBuf>, u64) {
+    let now = Clock::new().now();
+    let push = || {
+        while outbox
+            .push("gw", &[AlertDraft::for_test(0)], &[], now)
+            .is_ok()
+        {}
+    };
+    let mut fillers = vec![fs.fill("a")];
+    push();
+    // Gives the reserve back (the outbox's own files are small here: it
+    // drops nothing), then takes that space too.
+    outbox.relieve_full_disk(now);
+    fillers.push(fs.fill("b"));
+    push();
+    (fillers, outbox.depth())
+}
+
+/// A real full disk: a 1 MiB tmpfs, filled up.
 #[tokio::test(start_paused = true)]
-async fn a_failing_disk_is_retried_with_capped_jittered_backoff_while_batches_keep_coming() {
+async fn a_full_disk_is_retried_with_capped_jittered_backoff_and_healed_without_a_restart() {
     const POLL: Duration = Duration::from_millis(20);
-    let w = start(FlushPolicy::Always);
-    w.outbox.db.drop_tree(super::super::TREE).unwrap();
+    let fs = TinyFs::mount(4 << 20);
+    let dir = tempfile::tempdir_in(fs.path()).unwrap();
+    let w = start_in(FlushPolicy::Always, dir);
+    let (fillers, stored) = fill(&fs, &w.outbox);
     let errors = || w.telemetry.outbox_errors.load(Ordering::Relaxed);
     let t0 = Instant::now();
     w.tx.send(batch(0)).await.unwrap();
@@ -153,12 +182,16 @@ async fn a_failing_disk_is_retried_with_capped_jittered_backoff_while_batches_ke
     // (virtual) time.
     let mut failures = Vec::new();
     let mut seen = 0;
+    let mut sent = 1u64;
     while failures.len() < 12 {
         assert!(t0.elapsed() < Duration::from_secs(600), "{failures:?}");
         // The evaluator never waits on the failing disk: more than the
-        // channel holds goes in meanwhile.
-        w.tx.try_send(batch(1))
-            .expect("the writer keeps taking batches");
+        // channel holds goes in meanwhile (within what the writer holds).
+        if sent < 300 {
+            w.tx.try_send(batch(1))
+                .expect("the writer keeps taking batches");
+            sent += 1;
+        }
         tokio::time::sleep(POLL).await;
         let now = errors();
         if now > seen {
@@ -176,12 +209,62 @@ async fn a_failing_disk_is_retried_with_capped_jittered_backoff_while_batches_ke
             step / 2
         );
     }
-    assert_eq!(w.outbox.depth(), 0);
-    // Stopping while the disk still refuses: the writer gives up at its
-    // next attempt.
+    assert_eq!(w.outbox.depth(), stored);
+    assert!(
+        w.outbox.storage_error().is_some(),
+        "storage failing is not healthy"
+    );
+    // Space comes back: the next retry stores everything held, no restart.
+    for f in fillers {
+        std::fs::remove_file(f).unwrap();
+    }
+    let deadline = t0.elapsed() + RETRY_MAX * 2;
+    while w.outbox.depth() < stored + sent {
+        assert!(
+            t0.elapsed() < deadline,
+            "never stored after the space came back"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(w.outbox.storage_error().is_none());
+    assert_eq!(w.outbox.unstored(), 0, "nothing was lost while held");
     drop(w.tx);
-    tokio::time::timeout(RETRY_MAX * 2, w.task)
+    w.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_cannot_be_held_is_counted_and_reported_as_unstored_and_stopping_does_not_wait() {
+    let fs = TinyFs::mount(4 << 20);
+    let dir = tempfile::tempdir_in(fs.path()).unwrap();
+    let w = start_in(FlushPolicy::Always, dir);
+    let _fillers = fill(&fs, &w.outbox);
+    let n = HOLD_LIMIT as u64 + 500;
+    for i in 0..n {
+        w.tx.send(batch(i)).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while w.outbox.unstored() < 500 {
+        assert!(
+            Instant::now() < deadline,
+            "unstored {}",
+            w.outbox.unstored()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ev = w.outbox.events().unwrap();
+    assert!(
+        ev.iter()
+            .any(|(_, e)| matches!(e, OutboxEvent::Unstored { count, .. } if *count >= 500)),
+        "{ev:?}"
+    );
+    // Stopping while the disk still refuses: one more try, then the rest is
+    // counted, at once (not after the backoff).
+    let stop = Instant::now();
+    drop(w.tx);
+    tokio::time::timeout(Duration::from_secs(5), w.task)
         .await
-        .expect("the writer stops")
+        .expect("the writer stops at once")
         .unwrap();
+    assert!(stop.elapsed() < Duration::from_secs(5));
+    assert_eq!(w.outbox.unstored(), n, "every alert is stored or counted");
 }

@@ -39,6 +39,7 @@ mod draft;
 mod index;
 mod pair;
 mod snapshot;
+mod state;
 
 use std::collections::HashMap;
 
@@ -49,6 +50,7 @@ use crate::reading::{Now, Reading};
 use index::Index;
 use pair::{At, LiveRule, Pair, firing_pairs, pair_deadline, resolve_all, run_timers, step};
 pub use snapshot::{EngineSnapshot, PairSnapshot, PhaseSnapshot, RuleSnapshot, SeenSnapshot};
+pub use state::{Change, Changes};
 
 /// Window samples kept per pair; the oldest are dropped beyond this.
 pub const MAX_SAMPLES_PER_PAIR: usize = 10_000;
@@ -129,6 +131,13 @@ pub struct Engine {
     pairs_refused: u64,
     /// Reused buffer of candidate rule positions.
     scratch: Vec<u32>,
+    /// Rule definitions changed since the state was last saved.
+    rules_dirty: bool,
+    /// (rule id, sensor, metric) of pairs that emitted alerts since the
+    /// last `Changes::Emitted` cut.
+    emitted: Vec<(String, String, String)>,
+    /// Stored keys that no longer mean anything (rules gone or changed).
+    stale: Vec<Vec<u8>>,
 }
 
 impl Engine {
@@ -143,6 +152,9 @@ impl Engine {
             deadline_hint: None,
             pairs_refused: 0,
             scratch: Vec::new(),
+            rules_dirty: true,
+            emitted: Vec::new(),
+            stale: Vec::new(),
         }
     }
 
@@ -200,7 +212,16 @@ impl Engine {
                 .and_then(|m| m.get_mut(&r.metric))
             {
                 Some(pair) => {
+                    let before = out.len();
                     step(At::reading(&live.rule, r, now), r.value, pair, out);
+                    pair.dirty = true;
+                    if out.len() > before {
+                        self.emitted.push((
+                            live.rule.id.clone(),
+                            r.sensor.clone(),
+                            r.metric.clone(),
+                        ));
+                    }
                     let (idle, deadline) = (pair.is_idle(), pair_deadline(&live.rule, pair));
                     if idle {
                         live.remove(&r.sensor, &r.metric);
@@ -219,7 +240,15 @@ impl Engine {
                         }
                         continue;
                     }
+                    let before = out.len();
                     step(At::reading(&live.rule, r, now), r.value, &mut pair, out);
+                    if out.len() > before {
+                        self.emitted.push((
+                            live.rule.id.clone(),
+                            r.sensor.clone(),
+                            r.metric.clone(),
+                        ));
+                    }
                     let deadline = pair_deadline(&live.rule, &pair);
                     if !pair.is_idle() {
                         live.insert(&r.sensor, &r.metric, pair);
@@ -248,7 +277,13 @@ impl Engine {
                         metric,
                         now,
                     };
+                    let before = out.len();
                     run_timers(at, pair, true, out);
+                    if out.len() > before {
+                        pair.dirty = true;
+                        self.emitted
+                            .push((live.rule.id.clone(), sensor.clone(), metric.clone()));
+                    }
                 }
             }
         }
@@ -283,7 +318,21 @@ impl Engine {
         }
         for gone in old.into_iter().flatten() {
             resolve_all(&gone.rule, &gone.pairs, now, out);
+            // Its stored pairs go, and its definition if no rule keeps the id.
+            let id = &gone.rule.id;
+            for (sensor, metrics) in &gone.pairs {
+                for metric in metrics.keys() {
+                    self.stale.push(state::pair_key(id, sensor, metric));
+                }
+            }
+            for (sensor, metric) in &gone.removed {
+                self.stale.push(state::pair_key(id, sensor, metric));
+            }
+            if !kept_or_new.iter().any(|l| &l.rule.id == id) {
+                self.stale.push(state::rule_key(id));
+            }
         }
+        self.rules_dirty = true;
         self.index = Index::build(&kept_or_new);
         self.live = kept_or_new;
         self.recompute_deadline();

@@ -39,6 +39,8 @@ pub(super) struct Pair {
     /// (arrival instant, value), oldest first.
     pub(super) samples: VecDeque<(Mono, f64)>,
     pub(super) seen: Option<Seen>,
+    /// Changed since the state was last saved (see `state.rs`).
+    pub(super) dirty: bool,
 }
 
 impl Pair {
@@ -47,6 +49,7 @@ impl Pair {
             phase: Phase::Ok,
             samples: VecDeque::new(),
             seen: None,
+            dirty: true,
         }
     }
 
@@ -65,6 +68,8 @@ pub(super) struct LiveRule {
     pub(super) rule: Rule,
     pub(super) pairs: Pairs,
     pub(super) pair_count: usize,
+    /// (sensor, metric) of pairs removed since the state was last saved.
+    pub(super) removed: Vec<(String, String)>,
 }
 
 impl LiveRule {
@@ -73,6 +78,7 @@ impl LiveRule {
             rule,
             pairs: BTreeMap::new(),
             pair_count: 0,
+            removed: Vec::new(),
         }
     }
 
@@ -91,6 +97,7 @@ impl LiveRule {
         if let Some(metrics) = self.pairs.get_mut(sensor) {
             if metrics.remove(metric).is_some() {
                 self.pair_count = self.pair_count.saturating_sub(1);
+                self.removed.push((sensor.to_string(), metric.to_string()));
             }
             if metrics.is_empty() {
                 self.pairs.remove(sensor);

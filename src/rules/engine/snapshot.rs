@@ -223,6 +223,7 @@ impl Pair {
                 at: at(s.age_ms),
                 wall: s.wall_ms,
             }),
+            dirty: true,
         }
     }
 }

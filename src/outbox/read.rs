@@ -1,0 +1,114 @@
+//! Reading waiting alerts back, outside the lock.
+
+use super::*;
+
+impl Outbox {
+    /// Up to `limit` alerts with seq greater than `after` (all when
+    /// `None`), in seq order. Payloads are read outside the lock.
+    pub fn after(&self, after: Option<u64>, limit: usize) -> Result<Vec<Record>, OutboxError> {
+        let (items, files) = {
+            let st = self.lock();
+            let items = st.index.after(after, limit);
+            let mut files: BTreeMap<u32, Arc<File>> = BTreeMap::new();
+            for (_, _, e) in &items {
+                if let Some(f) = st.log.file(e.loc.seg) {
+                    files.insert(e.loc.seg, f);
+                }
+            }
+            (items, files)
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut bad = Vec::new();
+        let mut i = 0;
+        while i < items.len() {
+            // Alerts next to each other in one segment: one read.
+            let seg = items[i].2.loc.seg;
+            let start = u64::from(items[i].2.loc.off);
+            let mut end = start + u64::from(items[i].2.len);
+            let mut j = i + 1;
+            while let Some((_, _, e)) = items.get(j) {
+                let off = u64::from(e.loc.off);
+                if e.loc.seg != seg
+                    || off < end
+                    || off - end > 4096
+                    || off + u64::from(e.len) - start > READ_SPAN
+                {
+                    break;
+                }
+                end = off + u64::from(e.len);
+                j += 1;
+            }
+            let span = files
+                .get(&seg)
+                .and_then(|f| log::read_at(f, start, (end - start) as usize).ok());
+            for (seq, sev, e) in &items[i..j] {
+                let decoded = span.as_ref().and_then(|buf| {
+                    let a = (u64::from(e.loc.off) - start) as usize;
+                    buf.get(a..a + e.len as usize)
+                        .and_then(|b| record::decode_alert(b).ok())
+                        .filter(|a| a.seq == *seq)
+                        .map(|a| Record {
+                            seq: a.seq,
+                            severity: *sev,
+                            state: a.state,
+                            created_ms: a.created_ms,
+                            rule: a.rule.to_string(),
+                            sensor: a.sensor.to_string(),
+                            payload: a.payload.to_vec(),
+                        })
+                });
+                match decoded {
+                    Some(r) => out.push(r),
+                    None => bad.push((*seq, *sev)),
+                }
+            }
+            i = j;
+        }
+        if !bad.is_empty() {
+            self.lost_while_running(&bad);
+        }
+        Ok(out)
+    }
+
+    /// Alerts that turned unreadable after open (a segment removed under a
+    /// reader, a failing card): they can never be published; reported.
+    pub(super) fn lost_while_running(&self, bad: &[(u64, Severity)]) {
+        let mut st = self.lock();
+        let still: Vec<(u64, Severity)> = bad
+            .iter()
+            .copied()
+            .filter(|(s, _)| st.index.contains(*s))
+            .collect();
+        if still.is_empty() {
+            return;
+        }
+        error!(
+            count = still.len(),
+            first = still[0].0,
+            "outbox alerts became unreadable; reported as lost"
+        );
+        let mut seqs = event::Ranges::new();
+        for (s, _) in &still {
+            st.index.remove(*s);
+            seqs.insert(*s);
+        }
+        let now = st.last;
+        let ev = OutboxEvent::Lost {
+            count: still.len() as u64,
+            seqs,
+            after_seq: None,
+            reason: "stored alerts could not be read back".into(),
+            kept: None,
+            new_prefix: None,
+            ts: rfc3339_ms(now.wall_ms),
+        };
+        if let Err(e) = st.add_event(ev, now).and_then(|()| {
+            // Dead for the next start too: an acknowledgement-like record.
+            st.acks.extend(still.iter().map(|x| x.0));
+            st.write_acks(now)
+        }) {
+            self.storage_failed(&e);
+        }
+        self.publish_counters(&st);
+    }
+}
