@@ -18,6 +18,8 @@
 #
 # rumqttc is built with rustls on `ring` (not aws-lc-rs), so the only C code
 # is ring's, compiled by the same cross gcc: no cmake, no sysroot to fetch.
+# People who prefer Docker can use `cross build --release --target ...`
+# instead (see Cross.toml).
 #
 # armv6 is different: no ARMv6 C library for Debian's cross gcc (its armhf
 # is ARMv7 Thumb-2, which an ARM1176 cannot run), and no prebuilt Rust
@@ -28,8 +30,8 @@
 # -Zbuild-std (RUSTC_BOOTSTRAP=1 on the stable toolchain, for this one
 # cargo command; same compiler as the other targets), with panic_unwind so
 # `panic = "unwind"` holds. Static musl: no glibc version to depend on.
-# People who prefer Docker can use `cross build --release --target ...`
-# instead (see Cross.toml).
+# (zig's libc is musl with zig's own malloc.) What ARMv6 code costs on a
+# Pi 2 to 5 against armv7: cross/isa-cost.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +45,7 @@ for a in "$@"; do
     armv6|armhf|arm-unknown-linux-musleabihf) targets+=(arm-unknown-linux-musleabihf) ;;
     armv7|armv7-unknown-linux-gnueabihf) targets+=(armv7-unknown-linux-gnueabihf) ;;
     x86_64|amd64|x86_64-unknown-linux-gnu) targets+=(x86_64-unknown-linux-gnu) ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "cross/build.sh: unknown argument $a" >&2; exit 2 ;;
   esac
 done
