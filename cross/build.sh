@@ -13,8 +13,9 @@
 #
 # Installs what is missing: the cross linkers through apt
 # (gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf) and the Rust targets
-# through rustup. Binaries land in target/<triple>/<profile>/outpost and are
-# copied to dist/outpost-<triple>; the release profile strips them.
+# through rustup. Binaries land in target/<triple>/<profile>/outpost (armv6:
+# target/armv6/<triple>/<profile>/outpost) and are copied to
+# dist/outpost-<triple>; the release profile strips them.
 #
 # rumqttc is built with rustls on `ring` (not aws-lc-rs), so the only C code
 # is ring's, compiled by the same cross gcc: no cmake, no sysroot to fetch.
@@ -107,11 +108,16 @@ for t in "${targets[@]}"; do
   [ "$profile" = release ] && flags+=(--release)
   start=$(date +%s)
   if [ "$t" = arm-unknown-linux-musleabihf ]; then
-    RUSTC_BOOTSTRAP=1 cargo build "${flags[@]}" -Zbuild-std=std,panic_unwind
+    # A target dir of its own: RUSTC_BOOTSTRAP reaches the build scripts
+    # too, and some (proc-macro2's) rebuild on its change, so sharing
+    # target/debug's host crates with the other builds would rebuild them
+    # (and all that depends on them) at every switch.
+    RUSTC_BOOTSTRAP=1 cargo build "${flags[@]}" -Zbuild-std=std,panic_unwind --target-dir target/armv6
+    bin="target/armv6/$t/$profile/outpost"
   else
     cargo build "${flags[@]}"
+    bin="target/$t/$profile/outpost"
   fi
-  bin="target/$t/$profile/outpost"
   cp "$bin" "dist/outpost-$t"
   echo "cross/build.sh: $t ($profile) built in $(( $(date +%s) - start )) s: $bin, $(stat -c %s "$bin") bytes"
 done

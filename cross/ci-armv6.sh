@@ -17,5 +17,5 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 CARGO_PROFILE_DEV_DEBUG=0 cross/build.sh --debug armv6
 echo "cross/ci-armv6.sh: armv6 debug build took $(( $(date +%s) - start )) s"
-cross/smoke-armv6.sh target/arm-unknown-linux-musleabihf/debug/outpost
+cross/smoke-armv6.sh target/armv6/arm-unknown-linux-musleabihf/debug/outpost
 echo "cross/ci-armv6.sh: ok ($(( $(date +%s) - start )) s)"

@@ -10,7 +10,8 @@
 #   cross/build.sh armv7 armv6     # the two release binaries
 #   cross/isa-cost.sh [ARMV7_BIN [ARMV6_BIN]]
 #
-# Instruction counts repeat exactly, whatever else the machine does;
+# Instruction counts repeat (to a few thousand in billions) whatever else
+# the machine does;
 # qemu's wall-clock times (also printed, best of 3) do not, and qemu's cost
 # per instruction is not a Cortex-A7's. Not measured here: what a barrier
 # costs on a real core (tens of cycles in hardware; a trap into the kernel
@@ -22,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 v7=${1:-target/armv7-unknown-linux-gnueabihf/release/outpost}
-v6=${2:-target/arm-unknown-linux-musleabihf/release/outpost}
+v6=${2:-target/armv6/arm-unknown-linux-musleabihf/release/outpost}
 for b in "$v7" "$v6"; do
   [ -x "$b" ] || { echo "isa-cost.sh: $b is missing (cross/build.sh armv7 armv6)" >&2; exit 2; }
 done

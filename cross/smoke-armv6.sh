@@ -3,7 +3,7 @@
 # under `qemu-arm-static -cpu arm1176` (their CPU; qemu stops at the first
 # ARMv7-only instruction with SIGILL, as the board does).
 #
-#   cross/smoke-armv6.sh target/arm-unknown-linux-musleabihf/debug/outpost
+#   cross/smoke-armv6.sh target/armv6/arm-unknown-linux-musleabihf/debug/outpost
 #
 # 1. the ELF says ARMv6, no Thumb-2 (the linker merges every object's
 #    attributes: one ARMv7 object anywhere makes it say v7);

@@ -59,6 +59,7 @@ fi
 mkdir -p dist
 for arch in "${arches[@]}"; do
   bin="target/$(triple "$arch")/release/outpost"
+  [ "$arch" != armhf ] || bin="target/armv6/$(triple "$arch")/release/outpost"
   [ -x "$bin" ] || { echo "build-deb.sh: $bin is missing (run without --no-build)" >&2; exit 1; }
   root="target/deb/outpost_${version}_${arch}"
   rm -rf "$root"
