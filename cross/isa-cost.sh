@@ -11,9 +11,8 @@
 #   cross/isa-cost.sh [ARMV7_BIN [ARMV6_BIN]]
 #
 # Instruction counts repeat (to a few thousand in billions) whatever else
-# the machine does;
-# qemu's wall-clock times (also printed, best of 3) do not, and qemu's cost
-# per instruction is not a Cortex-A7's. Not measured here: what a barrier
+# the machine does; qemu's wall-clock times (also printed, best of 3) do
+# not, and qemu's cost per instruction is not a Cortex-A7's. Not measured here: what a barrier
 # costs on a real core (tens of cycles in hardware; a trap into the kernel
 # where a 64-bit kernel emulates them, see packaging/deb/preinst-armhf).
 #
