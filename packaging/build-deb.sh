@@ -16,6 +16,12 @@
 # /var/lib/outpost alone, so alerts waiting in the outbox survive it; only
 # `dpkg --purge` deletes it.
 #
+# armhf holds the ARMv6 build (cross/build.sh armv6: static musl), so one
+# package serves every 32-bit Raspberry Pi OS board, Pi Zero and Pi 1
+# included. Before packaging it, cross/smoke-armv6.sh runs that very binary
+# under qemu-arm -cpu arm1176; its preinst (packaging/deb/preinst-armhf)
+# refuses a 64-bit kernel that cannot run ARMv6 barriers in 32-bit programs.
+#
 # Plain dpkg-deb: no cargo-deb to install, nothing beyond dpkg and the
 # cross toolchains cross/build.sh installs.
 set -euo pipefail
@@ -37,7 +43,7 @@ triple() {
   case "$1" in
     amd64) echo x86_64-unknown-linux-gnu ;;
     arm64) echo aarch64-unknown-linux-gnu ;;
-    armhf) echo armv7-unknown-linux-gnueabihf ;;
+    armhf) echo arm-unknown-linux-musleabihf ;;
   esac
 }
 
@@ -53,6 +59,7 @@ fi
 mkdir -p dist
 for arch in "${arches[@]}"; do
   bin="target/$(triple "$arch")/release/outpost"
+  [ "$arch" != armhf ] || bin="target/armv6/$(triple "$arch")/release/outpost"
   [ -x "$bin" ] || { echo "build-deb.sh: $bin is missing (run without --no-build)" >&2; exit 1; }
   root="target/deb/outpost_${version}_${arch}"
   rm -rf "$root"
@@ -65,9 +72,20 @@ for arch in "${arches[@]}"; do
   install -m 0644 README.md "$root/usr/share/doc/outpost/README.md"
   install -m 0644 packaging/deb/conffiles "$root/DEBIAN/conffiles"
   install -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$root/DEBIAN/"
+  if [ "$arch" = armhf ]; then
+    # Never package an armhf binary a Pi Zero cannot run.
+    cross/smoke-armv6.sh "$bin"
+    install -m 0755 packaging/deb/preinst-armhf "$root/DEBIAN/preinst"
+  fi
 
-  # The newest glibc symbol version the binary needs is the libc6 it depends on.
-  glibc=$(grep -aoE 'GLIBC_2\.[0-9]+(\.[0-9]+)?' "$bin" | sort -uV | tail -n1 | sed 's/GLIBC_//')
+  # The newest glibc symbol version the binary needs is the libc6 it
+  # depends on; a static binary (armhf) needs none.
+  if readelf -l "$bin" | grep -q INTERP; then
+    glibc=$(grep -aoE 'GLIBC_2\.[0-9]+(\.[0-9]+)?' "$bin" | sort -uV | tail -n1 | sed 's/GLIBC_//')
+    libc="libc6 (>= ${glibc:-2.31}), "
+  else
+    libc=""
+  fi
   size_kib=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
   cat > "$root/DEBIAN/control" <<CONTROL
 Package: outpost
@@ -75,7 +93,7 @@ Version: $version
 Architecture: $arch
 Maintainer: outpost developers <outpost@localhost>
 Installed-Size: $size_kib
-Depends: libc6 (>= ${glibc:-2.31}), adduser, procps
+Depends: ${libc}adduser, procps
 Section: net
 Priority: optional
 Description: IoT edge gateway: sensor rules on the device, durable alerts over MQTT
@@ -87,5 +105,5 @@ Description: IoT edge gateway: sensor rules on the device, durable alerts over M
 CONTROL
   out="dist/outpost_${version}_${arch}.deb"
   dpkg-deb --root-owner-group -Zxz --build "$root" "$out" >/dev/null
-  echo "build-deb.sh: $out ($(stat -c %s "$out") bytes; binary $(stat -c %s "$bin") bytes; libc6 >= ${glibc:-?})"
+  echo "build-deb.sh: $out ($(stat -c %s "$out") bytes; binary $(stat -c %s "$bin") bytes; Depends: ${libc}adduser, procps)"
 done
