@@ -22,9 +22,12 @@
 //! | `outpost_alerts_published_total` | counter | (sends, redeliveries included) |
 //! | `outpost_outbox_depth` | gauge | |
 //! | `outpost_outbox_bytes` | gauge | |
-//! | `outpost_outbox_oldest_age_seconds` | gauge | (0 when empty) |
+//! | `outpost_outbox_oldest_age_seconds` | gauge | (time waited; 0 when empty) |
 //! | `outpost_outbox_dropped_total` | counter | `severity` |
 //! | `outpost_outbox_errors_total` | counter | |
+//! | `outpost_outbox_unstored_total` | counter | |
+//! | `outpost_outbox_storage_failing` | gauge | (1 while alerts cannot be stored) |
+//! | `outpost_outbox_disk_bytes` | gauge | |
 //! | `outpost_upstream_connected` | gauge | |
 //! | `outpost_upstream_reconnects_total` | counter | |
 //! | `outpost_upstream_publish_latency_seconds` | histogram | (publish → PUBACK) |
@@ -194,7 +197,7 @@ pub fn encode(state: &HttpState) -> Result<String, std::fmt::Error> {
         Unit::Bytes,
         gauge(i64::try_from(ob.bytes()).unwrap_or(i64::MAX)),
     );
-    let oldest_age = state.oldest().map_or(0, |(_, age)| age);
+    let oldest_age = ob.oldest_waited().map_or(0, |d| d.as_secs());
     reg.register_with_unit(
         "outbox_oldest_age",
         "Age of the oldest alert waiting in the outbox (0 when empty)",
@@ -217,6 +220,22 @@ pub fn encode(state: &HttpState) -> Result<String, std::fmt::Error> {
         "outbox_errors",
         "Outbox read, write and flush failures",
         counter(load(&t.outbox_errors)),
+    );
+    reg.register(
+        "outbox_unstored",
+        "Alerts the rules created that could not be stored (disk full), reported as unstored",
+        counter(ob.unstored()),
+    );
+    reg.register(
+        "outbox_storage_failing",
+        "1 while the outbox cannot store alerts (a full or failing disk)",
+        gauge(i64::from(ob.storage_error().is_some())),
+    );
+    reg.register_with_unit(
+        "outbox_disk",
+        "Bytes the outbox's files take on disk",
+        Unit::Bytes,
+        gauge(i64::try_from(ob.size_on_disk()).unwrap_or(i64::MAX)),
     );
 
     reg.register(

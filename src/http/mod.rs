@@ -1,9 +1,10 @@
 //! The local HTTP endpoint (`[http] listen`, default `127.0.0.1:9184`):
 //!
 //! - `/metrics`: Prometheus / OpenMetrics text (see `metrics`);
-//! - `/healthz`: `200 ok`, or `503` when the pipeline is stuck: the engine
-//!   has made no progress (no reading, no tick) for [`STALL_AFTER`], the
-//!   same signal that withholds the systemd watchdog ping;
+//! - `/healthz`: `200 ok`, or `503` when the pipeline is stuck (the engine
+//!   has made no progress, no reading and no tick, for [`STALL_AFTER`]: the
+//!   same signal that withholds the systemd watchdog ping), or when the
+//!   outbox cannot store alerts (a full or failing disk);
 //! - `/status`: the JSON document `outpost status` prints (see `status`).
 //!
 //! Read-only: handlers read `Telemetry` and the outbox's counters and its
@@ -62,8 +63,9 @@ impl HttpState {
         (age, age < self.stall_after)
     }
 
-    /// The oldest waiting alert, parsed, and its age in seconds (since it
-    /// was stored, by the wall clock; 0 if the clock went back).
+    /// The oldest waiting alert, parsed, and how long it has waited in
+    /// seconds (the outbox's wait clock, which a jumping wall clock does not
+    /// move).
     fn oldest(&self) -> Option<(Alert, u64)> {
         let rec = match self.outbox.oldest() {
             Ok(r) => r?,
@@ -72,9 +74,7 @@ impl HttpState {
                 return None;
             }
         };
-        let age = u64::try_from(crate::reading::wall_ms().saturating_sub(rec.created_ms))
-            .unwrap_or(0)
-            / 1000;
+        let age = self.outbox.oldest_waited().map_or(0, |d| d.as_secs());
         Some((rec.alert().ok()?, age))
     }
 
@@ -145,6 +145,9 @@ impl HttpState {
                 dropped: self.outbox.dropped().total(),
                 errors: t.outbox_errors.load(Ordering::Relaxed),
                 oldest,
+                unstored: self.outbox.unstored(),
+                disk_bytes: self.outbox.size_on_disk(),
+                storage_error: self.outbox.storage_error(),
             },
             sources,
             alerts: AlertsStatus {
@@ -197,7 +200,13 @@ async fn metrics_handler(State(state): State<Arc<HttpState>>) -> Response {
 
 async fn healthz_handler(State(state): State<Arc<HttpState>>) -> Response {
     let (age, healthy) = state.progress();
-    if healthy {
+    if let Some(err) = state.outbox.storage_error() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage failing: the outbox cannot store alerts: {err}\n"),
+        )
+            .into_response()
+    } else if healthy {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (

@@ -291,8 +291,11 @@ pub struct Stats {
     pub bytes: u64,
     pub next_seq: u64,
     pub dropped: BySeverity,
-    /// Creation time of the oldest waiting alert.
+    /// Creation time of the oldest waiting alert (wall clock).
     pub oldest_created_ms: Option<i64>,
+    /// How long the oldest waiting alert has waited (the wait clock: not
+    /// thrown off by a wall clock that jumps).
+    pub oldest_waited_ms: Option<u64>,
     pub events_pending: u64,
     /// Alerts that could not be stored, since start.
     pub unstored: u64,
@@ -316,9 +319,19 @@ pub struct EngineState {
 struct WaitClock {
     w_at_open: i64,
     mono_at_open: u64,
+    /// The same moment on this process's monotonic clock, for readers that
+    /// bring no time of their own (status, health).
+    instant_at_open: Instant,
 }
 
 impl WaitClock {
+    /// The wait clock now, read from the monotonic clock.
+    fn w_now(&self) -> i64 {
+        self.w_at_open.saturating_add(
+            i64::try_from(self.instant_at_open.elapsed().as_millis()).unwrap_or(i64::MAX),
+        )
+    }
+
     fn w(&self, now: Now) -> i64 {
         self.w_at_open.saturating_add(
             i64::try_from(now.mono_ms.saturating_sub(self.mono_at_open)).unwrap_or(i64::MAX),
@@ -705,17 +718,36 @@ impl Outbox {
     }
 
     pub fn stats(&self) -> Stats {
+        let oldest = self.oldest().ok().flatten();
         Stats {
             depth: self.depth(),
             bytes: self.bytes(),
             next_seq: self.next_seq(),
             dropped: self.dropped(),
-            oldest_created_ms: self.oldest().ok().flatten().map(|r| r.created_ms),
+            oldest_created_ms: oldest.as_ref().map(|r| r.created_ms),
+            oldest_waited_ms: self
+                .oldest_waited()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             events_pending: self.events_pending(),
             unstored: self.unstored(),
             disk_bytes: self.size_on_disk(),
             storage_error: self.storage_error(),
         }
+    }
+
+    /// How long the oldest waiting alert has waited, on the wait clock.
+    pub fn oldest_waited(&self) -> Option<Duration> {
+        let (file, loc, w_now) = {
+            let st = self.lock();
+            let (_, _, e) = st.index.after(None, 1).into_iter().next()?;
+            (st.log.file(e.loc.seg)?, e.loc, st.clock.w_now())
+        };
+        let mut head = [0u8; record::CREATED_W_END];
+        file.read_exact_at(&mut head, u64::from(loc.off)).ok()?;
+        let created = record::created_w(&head)?;
+        Some(Duration::from_millis(
+            u64::try_from(w_now.saturating_sub(created)).unwrap_or(0),
+        ))
     }
 
     /// Removes every waiting alert (`outpost outbox purge`) and records a

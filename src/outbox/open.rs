@@ -314,6 +314,7 @@ impl Outbox {
         let clock = WaitClock {
             w_at_open: rp.last_w.saturating_add(downtime),
             mono_at_open: now.mono_ms,
+            instant_at_open: Instant::now(),
         };
         let next_seq = known_next;
         let reserve = make_reserve(&root);

@@ -47,6 +47,7 @@ const READINGS_QUEUE: usize = 4096;
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let signals = signals::install();
     for w in &config.warnings {
         warn!("{w}");
     }
@@ -154,7 +155,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Ready only now: the outbox is open and every task is running.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    signals::wait(&config, &control_tx, &telemetry).await;
+    signals::wait(signals, &config, &control_tx, &telemetry).await;
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     watchdog.abort();
