@@ -26,6 +26,7 @@
 //! | `outpost_outbox_dropped_total` | counter | `severity` |
 //! | `outpost_outbox_errors_total` | counter | |
 //! | `outpost_outbox_unstored_total` | counter | |
+//! | `outpost_outbox_held` | gauge | (alerts in memory, not yet stored) |
 //! | `outpost_outbox_storage_failing` | gauge | (1 while alerts cannot be stored) |
 //! | `outpost_outbox_disk_bytes` | gauge | |
 //! | `outpost_upstream_connected` | gauge | |
@@ -225,6 +226,11 @@ pub fn encode(state: &HttpState) -> Result<String, std::fmt::Error> {
         "outbox_unstored",
         "Alerts the rules created that could not be stored (disk full), reported as unstored",
         counter(ob.unstored()),
+    );
+    reg.register(
+        "outbox_held",
+        "Alerts created and held in memory, not yet stored (the disk refuses writes)",
+        gauge(i64::try_from(load(&t.outbox_held)).unwrap_or(i64::MAX)),
     );
     reg.register(
         "outbox_storage_failing",

@@ -87,7 +87,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -124,6 +124,10 @@ const EXPIRE_SCAN: usize = 4096;
 /// Space set aside at open and given back when the disk is full, so the
 /// records that free space (drops, a checkpoint) can still be written.
 const RESERVE_BYTES: u64 = 128 << 10;
+/// Storing alerts fails (cleared by the next push that succeeds).
+const FAILING_PUSH: u8 = 1;
+/// Making them durable fails (cleared by the next flush that succeeds).
+const FAILING_FLUSH: u8 = 2;
 /// Reads of adjacent alerts are merged up to this many bytes.
 const READ_SPAN: u64 = 256 << 10;
 
@@ -384,7 +388,8 @@ pub struct Outbox {
     events: AtomicU64,
     unstored: AtomicU64,
     disk_bytes: AtomicU64,
-    failing: AtomicBool,
+    /// What is failing: [`FAILING_PUSH`], [`FAILING_FLUSH`], or 0.
+    failing: AtomicU8,
     storage_error: Mutex<Option<String>>,
     recovered: Mutex<Option<EngineState>>,
 }
@@ -451,7 +456,7 @@ impl Outbox {
         let r = self.push_locked(&mut st, gateway, drafts, transitions, now);
         match &r {
             Ok(_) => self.storage_ok(),
-            Err(e) => self.storage_failed(e),
+            Err(e) => self.storage_failed(e, FAILING_PUSH),
         }
         self.publish_counters(&st);
         r
@@ -573,12 +578,16 @@ impl Outbox {
             Ok(()) => {
                 st.log.synced(plan);
                 self.flushed_through.fetch_max(covered, Ordering::Relaxed);
-                self.storage_ok();
+                // Only a failure of a flush is healed by a flush: a disk
+                // that syncs but has no room for alerts is still failing.
+                if self.failing.load(Ordering::Relaxed) == FAILING_FLUSH {
+                    self.storage_ok();
+                }
                 Ok(covered)
             }
             Err(e) => {
                 let e = OutboxError::Log(e);
-                self.storage_failed(&e);
+                self.storage_failed(&e, FAILING_FLUSH);
                 Err(e)
             }
         }
@@ -687,7 +696,7 @@ impl Outbox {
 
     /// Why storage is failing, while it is (the disk is full, or refuses writes).
     pub fn storage_error(&self) -> Option<String> {
-        if !self.failing.load(Ordering::Relaxed) {
+        if self.failing.load(Ordering::Relaxed) == 0 {
             return None;
         }
         self.storage_error
@@ -697,14 +706,14 @@ impl Outbox {
     }
 
     fn storage_ok(&self) {
-        if self.failing.swap(false, Ordering::Relaxed) {
+        if self.failing.swap(0, Ordering::Relaxed) != 0 {
             *self.storage_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 
-    fn storage_failed(&self, e: &OutboxError) {
+    fn storage_failed(&self, e: &OutboxError, what: u8) {
         *self.storage_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-        self.failing.store(true, Ordering::Relaxed);
+        self.failing.store(what, Ordering::Relaxed);
     }
 
     /// The seq the next alert will get.

@@ -42,8 +42,14 @@ use crate::source::{self, SourceContext};
 use crate::telemetry::Telemetry;
 use crate::upstream::Upstream;
 
-/// Batches (one per line or message) buffered between the sources and the engine.
-const READINGS_QUEUE: usize = 4096;
+/// Batches (one per line or message) buffered between the sources and the
+/// engine: a flood waits in the sources (and the brokers or serial buffers
+/// behind them), not in memory.
+const READINGS_QUEUE: usize = 1024;
+/// Batches between the engine and the outbox writer. Each holds at most
+/// `evaluator::DRAFTS_PER_BATCH` alerts, so what waits for the disk is
+/// bounded in alerts: a few thousand, whatever the storm.
+const BATCH_QUEUE: usize = 4;
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -70,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let evaluator = Evaluator::restore(config.rules.clone(), &outbox, clock);
 
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_QUEUE);
-    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(256);
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(BATCH_QUEUE);
     let (durable_tx, durable_rx) = watch::channel(outbox.next_seq().saturating_sub(1));
     let (control_tx, control_rx) = mpsc::channel::<Control>(4);
 

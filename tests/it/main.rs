@@ -13,6 +13,9 @@ mod harness;
 mod e2e;
 /// The example configs with their devices' real payloads.
 mod examples;
+/// Faults a Pi meets: a storm with the uplink down, a full disk, a damaged
+/// outbox, a clock that jumps.
+mod faults;
 /// The commands that need no broker and no running gateway.
 mod offline;
 /// The outbox's promises with links broken and processes killed.
