@@ -34,10 +34,11 @@ pub const MAX_CONNECTIONS: usize = 64;
 
 /// File descriptors kept for the rest of the gateway: stdio, the runtime
 /// (epoll, eventfd, signal pipe), the outbox (log segments and the sled
-/// checkpoint store, ~10), one per serial port and per broker connection
-/// (and a transient one while a host name resolves), the TLS files read at
-/// a connect. A gateway with a dozen sources uses ~40; 128 is three times
-/// that.
+/// checkpoint store), one per serial port and per broker connection (and a
+/// transient one while a host name resolves or a TLS file is read). With
+/// one serial port and the upstream broker that is 16 (measured by the
+/// flood test); each more source adds one. 128 leaves room for a hundred
+/// sources.
 pub const FD_RESERVE: u64 = 128;
 
 /// How long a client may take to send a complete request head, counted

@@ -13,6 +13,9 @@ mod harness;
 mod e2e;
 /// The example configs with their devices' real payloads.
 mod examples;
+/// The HTTP endpoint under a socket flood: the alerts keep their file
+/// descriptors.
+mod flood;
 /// The commands that need no broker and no running gateway.
 mod offline;
 /// The outbox's promises with links broken and processes killed.

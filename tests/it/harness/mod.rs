@@ -7,8 +7,9 @@
 //! its broker that can break the link in the ways real links break
 //! (`proxy`), MQTT clients that observe what arrives (`subscriber`),
 //! certificates made with `openssl` (`pki`), a plain HTTP client for the
-//! gateway's endpoint (`http`), the configs tests write (`config`), and the
-//! setups most tests share (`rig`). Each test owns its brokers, ports and
+//! gateway's endpoint (`http`), the configs tests write (`config`), the
+//! setups most tests share (`rig`), and a process's file descriptors and
+//! their limit (`fds`). Each test owns its brokers, ports and
 //! temporary folders, so tests run in parallel.
 //!
 //! Every wait is a poll of a condition with a deadline (or a blocking
@@ -17,6 +18,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod fds;
 pub mod gateway;
 pub mod http;
 pub mod pki;
