@@ -18,8 +18,13 @@
 //! - at the limit, the server keeps accepting: a new connection takes the
 //!   place of the one that has waited longest for a request
 //!   ([`pick_victim`]); when every connection is in a handler, the new one
-//!   is answered 503 and closed. Accepting never stops, so nothing waits
-//!   unseen in the kernel's backlog;
+//!   is answered 503 and closed. Accepting never stops, because a server
+//!   that stops hides the problem in the kernel's backlog (up to 1,024
+//!   connections, whose handshake the kernel completes): a scraper there
+//!   sees "connected", sends its request and waits, with no answer, no
+//!   error and no counter, to be served long after it gave up, behind the
+//!   flood. Replacing the longest waiting one instead serves any client
+//!   that sends its request as it connects, and counts what it closed;
 //! - an accept that fails for want of resources (EMFILE, ENFILE, ENOBUFS,
 //!   ENOMEM) pauses accepting with a backoff instead of spinning
 //!   ([`AcceptError`]).
