@@ -35,6 +35,11 @@
 //! | `outpost_rules_loaded` | gauge | |
 //! | `outpost_rule_reloads_total` | counter | |
 //! | `outpost_rule_reload_errors_total` | counter | |
+//! | `outpost_http_connections` | gauge | (open now) |
+//! | `outpost_http_connections_limit` | gauge | |
+//! | `outpost_http_connections_accepted_total` | counter | |
+//! | `outpost_http_connections_closed_total` | counter | `reason`: `timeout`, `evicted`, `refused`, `expired` |
+//! | `outpost_http_accept_errors_total` | counter | |
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -277,6 +282,44 @@ pub fn encode(state: &HttpState) -> Result<String, std::fmt::Error> {
         counter(load(&t.rule_reload_errors)),
     );
 
+    let c = &state.connections;
+    reg.register(
+        "http_connections",
+        "Connections open to this endpoint",
+        gauge(i64::try_from(load(&c.open)).unwrap_or(i64::MAX)),
+    );
+    reg.register(
+        "http_connections_limit",
+        "The most connections this endpoint keeps open (the rest of the file descriptors are the gateway's)",
+        gauge(i64::try_from(load(&c.limit)).unwrap_or(i64::MAX)),
+    );
+    reg.register(
+        "http_connections_accepted",
+        "Connections accepted by this endpoint",
+        counter(load(&c.accepted)),
+    );
+    let closed: Family<Labels, Counter> = Family::default();
+    for (reason, n) in [
+        ("timeout", &c.timed_out),
+        ("evicted", &c.evicted),
+        ("refused", &c.refused),
+        ("expired", &c.expired),
+    ] {
+        closed
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc_by(load(n));
+    }
+    reg.register(
+        "http_connections_closed",
+        "Connections this endpoint closed on its own: no complete request in time (timeout), to make room at the limit (evicted), at the limit with every connection busy (refused, answered 503), at the end of their lifetime (expired)",
+        closed,
+    );
+    reg.register(
+        "http_accept_errors",
+        "Failed accepts (out of file descriptors, reset before accepted)",
+        counter(load(&c.accept_errors)),
+    );
+
     let mut out = String::new();
     encode_text(&mut out, &reg)?;
     Ok(out)
@@ -313,6 +356,11 @@ mod tests {
         t.upstream_connected.store(true, Ordering::Relaxed);
         t.publish_latency.observe(0.004);
         t.rules_loaded.store(3, Ordering::Relaxed);
+        let connections = Arc::new(crate::http::ConnStats::default());
+        connections.limit.store(64, Ordering::Relaxed);
+        connections.open.store(2, Ordering::Relaxed);
+        connections.evicted.store(5, Ordering::Relaxed);
+        connections.timed_out.store(1, Ordering::Relaxed);
         let state = HttpState {
             gateway: "gw".into(),
             upstream: None,
@@ -320,6 +368,7 @@ mod tests {
             telemetry: t,
             clock: Clock::new(),
             stall_after: Duration::from_secs(10),
+            connections,
         };
         let text = encode(&state).unwrap();
         let want = [
@@ -350,6 +399,20 @@ mod tests {
             ),
             (
                 r#"outpost_upstream_publish_latency_seconds_bucket{le="0.002"}"#,
+                0.0,
+            ),
+            ("outpost_http_connections", 2.0),
+            ("outpost_http_connections_limit", 64.0),
+            (
+                r#"outpost_http_connections_closed_total{reason="evicted"}"#,
+                5.0,
+            ),
+            (
+                r#"outpost_http_connections_closed_total{reason="timeout"}"#,
+                1.0,
+            ),
+            (
+                r#"outpost_http_connections_closed_total{reason="refused"}"#,
                 0.0,
             ),
         ];

@@ -9,12 +9,19 @@
 //!
 //! Read-only: handlers read `Telemetry` and the outbox's counters and its
 //! first record; they change nothing and take no lock a component holds
-//! across an await. A scrape costs one sled read (the oldest alert).
-//! axum serves it; `runtime` binds the socket and spawns [`serve`].
+//! across an await. A scrape costs one outbox read (the oldest alert).
+//! axum routes, hyper serves (`server`), within the bounds of `limits`: a
+//! connection limit that leaves the rest of the gateway its file
+//! descriptors, a timeout on half-sent and idle connections, no request
+//! bodies. `runtime` binds the socket and spawns [`serve`].
 
 pub mod client;
+mod limits;
 pub mod metrics;
+mod server;
 pub mod status;
+
+pub use server::ConnStats;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -53,6 +60,8 @@ pub struct HttpState {
     /// The clock `last_progress_ms` is stamped with.
     pub clock: Clock,
     pub stall_after: Duration,
+    /// The server's connection counters (filled by [`serve`]).
+    pub connections: Arc<ConnStats>,
 }
 
 impl HttpState {
@@ -172,19 +181,29 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until `cancel`; errors are logged, never fatal to the gateway
-/// (the alerts matter more than their dashboard).
+/// Serves until `cancel`, then closes its connections gracefully (within
+/// half a second); errors are logged, never fatal to the gateway (the
+/// alerts matter more than their dashboard).
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, cancel: CancellationToken) {
+    let (limits, nofile) = server::Limits::for_this_process();
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "HTTP: /metrics /healthz /status");
+        info!(
+            %addr,
+            max_connections = limits.max_connections,
+            open_files_limit = nofile.map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
+            "HTTP: /metrics /healthz /status"
+        );
     }
-    let app = router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        warn!(error = %e, "HTTP server stopped");
+    if limits.max_connections < limits::MAX_CONNECTIONS {
+        warn!(
+            max_connections = limits.max_connections,
+            open_files_limit = nofile,
+            reserve = limits::FD_RESERVE,
+            "HTTP: the open-files limit is low; fewer connections are served so the sources, brokers and outbox keep their file descriptors (raise LimitNOFILE)"
+        );
     }
+    let stats = state.connections.clone();
+    server::run(listener, router(state), stats, limits, cancel).await;
 }
 
 async fn metrics_handler(State(state): State<Arc<HttpState>>) -> Response {
@@ -248,6 +267,7 @@ mod tests {
             telemetry: Arc::new(Telemetry::new()),
             clock,
             stall_after,
+            connections: Default::default(),
         })
     }
 

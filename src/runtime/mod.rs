@@ -250,5 +250,6 @@ fn http_state(
         telemetry: telemetry.clone(),
         clock,
         stall_after: crate::http::STALL_AFTER,
+        connections: Default::default(),
     })
 }

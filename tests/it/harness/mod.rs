@@ -8,8 +8,10 @@
 //! (`proxy`), MQTT clients that observe what arrives (`subscriber`),
 //! certificates made with `openssl` (`pki`), a plain HTTP client for the
 //! gateway's endpoint (`http`), the configs tests write (`config`), the
-//! setups most tests share (`rig`), and storage faults made for real: a
-//! small filesystem to fill, an outbox's files to damage (`storage`). Each test owns its brokers, ports and
+//! setups most tests share (`rig`), storage faults made for real: a small
+//! filesystem to fill, an outbox's files to damage (`storage`), and a
+//! process's file descriptors and their limit (`fds`). Each test owns its
+//! brokers, ports and
 //! temporary folders, so tests run in parallel.
 //!
 //! Every wait is a poll of a condition with a deadline (or a blocking
@@ -18,6 +20,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod fds;
 pub mod gateway;
 pub mod http;
 pub mod pki;
