@@ -73,6 +73,8 @@ pub struct Gateway {
     http_port: Option<u16>,
     /// How to start this gateway again in its folder (outpost only).
     again: Option<(PathBuf, Option<String>)>,
+    /// The threads copying its output into `gateway.log`.
+    copiers: Vec<std::thread::JoinHandle<()>>,
 }
 
 pub struct Stopped {
@@ -216,14 +218,8 @@ impl Gateway {
                 (cmd, None)
             }
         };
-        let err = log.try_clone().map_err(|e| e.to_string())?;
         let spawned = Instant::now();
-        let child = cmd
-            .current_dir(d)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
+        let (child, copiers) = spawn_logged(cmd.current_dir(d), log)
             .map_err(|e| format!("spawn {}: {e}", kind.label()))?;
         let again = match kind {
             Kind::Outpost { bin, rust_log, .. } => Some((bin.clone(), rust_log.clone())),
@@ -235,6 +231,7 @@ impl Gateway {
             spawned,
             http_port,
             again,
+            copiers,
         })
     }
 
@@ -251,15 +248,14 @@ impl Gateway {
             .append(true)
             .open(d.join("gateway.log"))
             .map_err(|e| e.to_string())?;
-        let err = log.try_clone().map_err(|e| e.to_string())?;
         self.spawned = Instant::now();
-        self.child = outpost_command(&bin, d, rust_log.as_deref())
-            .current_dir(d)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("spawn outpost again: {e}"))?;
+        let (child, copiers) = spawn_logged(
+            outpost_command(&bin, d, rust_log.as_deref()).current_dir(d),
+            log,
+        )
+        .map_err(|e| format!("spawn outpost again: {e}"))?;
+        self.child = child;
+        self.copiers = copiers;
         Ok(stopped)
     }
 
@@ -327,6 +323,10 @@ impl Gateway {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Its output has all reached the log once the pipes close.
+        for c in self.copiers.drain(..) {
+            let _ = c.join();
+        }
         let waiting = self
             .log()
             .lines()
@@ -343,6 +343,42 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `cmd` with its stdout and stderr through a pipe that a thread of
+/// this process copies into `log`, as journald takes a service's output:
+/// the gateway's own disk writes (`/proc/PID/io`) are then its storage's,
+/// not its log's.
+fn spawn_logged(
+    cmd: &mut Command,
+    log: File,
+) -> std::io::Result<(Child, Vec<std::thread::JoinHandle<()>>)> {
+    let mut copiers = Vec::new();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    for out in [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut log = log.try_clone()?;
+        copiers.push(std::thread::spawn(move || {
+            let mut out = out;
+            let _ = std::io::copy(&mut out, &mut log);
+        }));
+    }
+    Ok((child, copiers))
 }
 
 fn outpost_command(bin: &Path, dir: &Path, rust_log: Option<&str>) -> Command {
