@@ -45,6 +45,12 @@ impl DiscoveryQueue {
         }
     }
 
+    /// Whether alerts bring messages of their own (Home Assistant is on):
+    /// only then must the upstream read each alert's fields.
+    pub(super) fn wants_alerts(&self) -> bool {
+        self.ha.is_some()
+    }
+
     pub(super) fn before_alert(&mut self, seq: u64, alert: &Alert) {
         if let Some(ha) = &mut self.ha
             && self.queued_for != Some(seq)

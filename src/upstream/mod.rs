@@ -389,27 +389,34 @@ impl Upstream {
             if records.is_empty() {
                 return;
             }
-            for r in records {
+            for mut r in records {
                 if r.seq > durable {
                     return;
                 }
-                let alert: Alert = match r.alert() {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Unreadable: it can never be published; keep it out of the way.
-                        warn!(error = %e, "skipping an unreadable outbox record");
-                        *cursor = Some(r.seq);
-                        continue;
-                    }
-                };
-                let payload = publishable(r.payload, &alert, self.cfg.max_payload);
-                discovery.before_alert(r.seq, &alert);
+                // The record carries rule, sensor and state: the payload is
+                // parsed only for Home Assistant or a cut (a record stored
+                // under a larger `max_payload`).
+                if discovery.wants_alerts() || r.payload.len() > self.cfg.max_payload {
+                    let alert: Alert = match r.alert() {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Unreadable: it can never be published; keep it out of the way.
+                            warn!(error = %e, "skipping an unreadable outbox record");
+                            *cursor = Some(r.seq);
+                            continue;
+                        }
+                    };
+                    discovery.before_alert(r.seq, &alert);
+                    let stored = std::mem::take(&mut r.payload);
+                    r.payload = publishable(stored, &alert, self.cfg.max_payload);
+                }
                 if !discovery.flush(client, tracker) {
                     return;
                 }
-                let t = topic::alert_topic(&self.cfg.topic_prefix, &alert.rule, &alert.sensor);
+                let t = topic::alert_topic(&self.cfg.topic_prefix, &r.rule, &r.sensor);
+                let (rule, state) = (r.rule, r.state);
                 if client
-                    .try_publish(t, QoS::AtLeastOnce, false, payload)
+                    .try_publish(t, QoS::AtLeastOnce, false, r.payload)
                     .is_err()
                 {
                     // The request channel is full: retried on the next event.
@@ -423,8 +430,8 @@ impl Upstream {
                     r.seq,
                     Sent {
                         at: Instant::now(),
-                        rule: alert.rule,
-                        state: alert.state,
+                        rule,
+                        state,
                     },
                 );
                 Telemetry::bump(&self.telemetry.alerts_published);
