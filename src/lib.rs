@@ -1,9 +1,9 @@
 //! outpost: an IoT edge gateway for embedded Linux.
 //!
 //! Readings from serial ports and MQTT topics go through threshold rules on
-//! the device; alerts are kept in a durable outbox (sled) and forwarded
-//! upstream over MQTT with at-least-once delivery. See ARCHITECTURE.md for
-//! the map of this crate.
+//! the device; alerts are kept in a durable outbox (a log on disk) and
+//! forwarded upstream over MQTT with at-least-once delivery. See
+//! ARCHITECTURE.md for the map of this crate.
 
 pub mod alert;
 pub mod backoff;

@@ -1,8 +1,8 @@
 //! `outpost outbox list | export | purge`: the outbox of a stopped gateway.
 //!
-//! They open the database the gateway uses (`state_dir/outbox`); sled's
-//! file lock makes them refuse plainly while the gateway runs, rather than
-//! read a database that is changing under them.
+//! They open the outbox the gateway uses (`state_dir/outbox`); the lock on
+//! its checkpoint store makes them refuse plainly while the gateway runs,
+//! rather than read files that are changing under them.
 
 use std::io::Write;
 

@@ -63,7 +63,7 @@ pub struct HomeAssistantConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
-    /// fsync (sled flush) before every publish; alerts arriving together share one.
+    /// `fdatasync` before every publish; alerts arriving together share one.
     Always,
     /// Flush on this period; a power cut can lose at most this much.
     Every(Duration),

@@ -19,7 +19,7 @@ use crate::config::BrokerConfig;
 use crate::tls::{self, TlsError};
 pub use explain::explain;
 
-/// rumqttc options for one connection. `clean_session` is true: sled, not
+/// rumqttc options for one connection. `clean_session` is true: the outbox, not
 /// the broker session, is the source of truth for what is unacknowledged.
 /// rumqttc's `MqttOptions` has a `Debug` that prints the credentials: never
 /// log it.

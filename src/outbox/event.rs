@@ -1,10 +1,11 @@
 //! Outbox events: what subscribers of `{topic_prefix}/events` learn about
-//! alerts they will never receive (dropped by the bound, purged by hand) and
-//! about a database that had to be replaced. Pure: no I/O, no clock.
+//! alerts they will never receive (dropped by a bound, purged by hand, lost
+//! to damage, never stored because the disk was full) and about a store
+//! that had to be replaced. Pure: no I/O, no clock.
 //!
-//! Events are stored in the outbox (key space `e`) in the same sled batch as
-//! the change they report, and published like alerts: removed only on the
-//! broker's PUBACK. Drops are merged into the newest event that is not yet
+//! Events are stored in the outbox's log with the change they report (a
+//! drop and its event are one record), and published like alerts: removed
+//! only on the broker's PUBACK. Drops are merged into the newest event that is not yet
 //! being published, so a producer faster than the bound makes one event per
 //! connection, not one per alert.
 

@@ -5,14 +5,14 @@
 //!
 //! ```text
 //! sources ──readings (bounded)──> evaluator ──alert batches──> outbox writer ──durable seq──> upstream
-//!                                   │ (pure Engine + clock)      (sled push, group flush)      (publish, PUBACK → ack)
+//!                                   │ (pure Engine + clock)      (log append, group fsync)     (publish, PUBACK → ack)
 //!                                   └─ local actions ──> mqtt sources
 //! ```
 //!
 //! Shutdown (SIGTERM, SIGINT): sources stop; the evaluator finishes what is
 //! queued and hands its final state to the writer; the writer stores and
 //! flushes; then the upstream finishes in-flight publishes for up to a few
-//! seconds, publishes `offline` and disconnects; sled is flushed once more.
+//! seconds, publishes `offline` and disconnects; the outbox is closed cleanly.
 //! Reload (SIGHUP, `signals.rs`): the rules files are read again; a set that
 //! does not validate is refused whole and the old rules keep running. The
 //! systemd watchdog is `watchdog.rs`.

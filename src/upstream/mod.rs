@@ -14,7 +14,7 @@
 //!    oldest unacknowledged, at most [`WINDOW`] in flight, never past the
 //!    last durable seq the outbox writer announced;
 //! 3. on PUBACK: the alert (or event) it acknowledges leaves the outbox
-//!    (alerts in groups of up to [`ACK_BATCH`], one sled batch each, and at
+//!    (alerts in groups of up to [`ACK_BATCH`], one call each, and at
 //!    the latest when nothing is in flight or the session ends);
 //! 4. on any error: the connection is dropped, and the next attempt waits a
 //!    capped, jittered backoff: no busy loop while the broker is down.
@@ -62,7 +62,7 @@ use discovery::DiscoveryQueue;
 
 /// Alerts in flight at once. Duplicates after a reconnect are at most this many.
 pub const WINDOW: usize = 64;
-/// PUBACKed alerts removed from the outbox together (one sled batch).
+/// PUBACKed alerts removed from the outbox together (one call, one lock).
 pub const ACK_BATCH: usize = 32;
 /// Outbox events in flight at once.
 pub const EVENTS_WINDOW: usize = 8;

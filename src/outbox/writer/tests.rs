@@ -125,8 +125,8 @@ async fn with_a_flush_period_alerts_are_announced_at_once_and_flushed_on_the_per
         "no flush per alert under a period"
     );
     assert!(w.outbox.flushed_through() < 1, "not flushed yet");
-    // The period's next tick starts the flush (sled fsyncs on its own
-    // threads, in real time: wait for it without letting the paused clock
+    // The period's next tick starts the flush (the fsync runs on a blocking
+    // thread, in real time: wait for it without letting the paused clock
     // run ahead).
     tokio::time::sleep_until(sent + period).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
