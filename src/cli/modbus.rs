@@ -108,8 +108,7 @@ fn render(bus: &ModbusConfig, device: &ModbusDevice, poll: &DevicePoll) -> Strin
             .map_or_else(String::new, decode::Block::registers);
         let _ = writeln!(
             o,
-            "    {registers}: {} {fault}{}",
-            fault.kind(),
+            "    {registers}: {fault}{}",
             if *fault == crate::source::modbus::frame::Fault::Timeout {
                 format!(" within {}", humantime::format_duration(bus.timeout))
             } else {

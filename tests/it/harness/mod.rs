@@ -7,8 +7,8 @@
 //! its broker that can break the link in the ways real links break
 //! (`proxy`), MQTT clients that observe what arrives (`subscriber`),
 //! certificates made with `openssl` (`pki`), a plain HTTP client for the
-//! gateway's endpoint (`http`), the configs tests write (`config`), and the
-//! setups most tests share (`rig`). Each test owns its brokers, ports and
+//! gateway's endpoint (`http`), pymodbus's Modbus server (`modbus`), the
+//! configs tests write (`config`), and the setups most tests share (`rig`). Each test owns its brokers, ports and
 //! temporary folders, so tests run in parallel.
 //!
 //! Every wait is a poll of a condition with a deadline (or a blocking
@@ -19,6 +19,7 @@ pub mod broker;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod modbus;
 pub mod pki;
 pub mod process;
 pub mod proxy;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 pub use broker::{Mosquitto, MosquittoOpts, password_file};
 pub use config::{Config, HOT_RULE, reading};
 pub use gateway::{Gateway, Launch, Output, check, run_outpost};
+pub use modbus::ModbusServer;
 pub use pki::Pki;
 pub use process::{free_port, port_accepts};
 pub use proxy::{Proxy, assert_backs_off};
