@@ -81,7 +81,8 @@ fn device_spec(unit: u8, entries: &[Entry], more: Vec<Value>) -> Value {
 
 /// The `[[modbus.device]]` table for the same entries.
 fn device_toml(unit: u8, sensor: &str, entries: &[Entry], more: &str, extra: &str) -> String {
-    let mut s = format!("[[modbus.device]]\nunit = {unit}\nsensor = \"{sensor}\"\n{extra}registers = [\n");
+    let mut s =
+        format!("[[modbus.device]]\nunit = {unit}\nsensor = \"{sensor}\"\n{extra}registers = [\n");
     for e in entries {
         s.push_str(&format!(
             "  {{ metric = \"{}\", kind = \"{}\", address = {}, type = \"{}\", word_order = \"{}\", byte_order = \"{}\"{}{} }},\n",
@@ -132,7 +133,9 @@ impl Rig {
         let sub = Subscriber::connect(up.port(), ALERTS);
         let mut cfg = Config::new(&up.url());
         cfg.extra_sections = modbus(pty.path());
-        let gw = Launch::default().http().start(dir.path(), &cfg.toml(), rules);
+        let gw = Launch::default()
+            .http()
+            .start(dir.path(), &cfg.toml(), rules);
         Rig {
             gw,
             sub,
@@ -155,13 +158,24 @@ impl Rig {
     /// A per-device series of `/metrics` (0 when absent).
     fn device(&self, name: &str, unit: u8, sensor: &str, error: Option<&str>) -> u64 {
         let labels = match error {
-            Some(e) => format!("{{source=\"rs485\",unit=\"{unit}\",sensor=\"{sensor}\",error=\"{e}\"}}"),
+            Some(e) => {
+                format!("{{source=\"rs485\",unit=\"{unit}\",sensor=\"{sensor}\",error=\"{e}\"}}")
+            }
             None => format!("{{source=\"rs485\",unit=\"{unit}\",sensor=\"{sensor}\"}}"),
         };
-        http::sample(&self.metrics(), &format!("outpost_modbus_{name}{labels}")).unwrap_or(0.0) as u64
+        http::sample(&self.metrics(), &format!("outpost_modbus_{name}{labels}")).unwrap_or(0.0)
+            as u64
     }
 
-    fn wait_device(&self, what: &str, name: &str, unit: u8, sensor: &str, error: Option<&str>, at_least: u64) -> u64 {
+    fn wait_device(
+        &self,
+        what: &str,
+        name: &str,
+        unit: u8,
+        sensor: &str,
+        error: Option<&str>,
+        at_least: u64,
+    ) -> u64 {
         poll_until(WAIT, what, || {
             let n = self.device(name, unit, sensor, error);
             (n >= at_least).then_some(n)
@@ -174,7 +188,10 @@ fn alert(sub: &mut Subscriber, rule: &str, sensor: &str, metric: &str, state: &s
     sub.wait_for(WAIT, &format!("{rule} {sensor} {metric} {state}"), |m| {
         m.is_alert() && {
             let v = m.json();
-            v["rule"] == rule && v["sensor"] == sensor && v["metric"] == metric && v["state"] == state
+            v["rule"] == rule
+                && v["sensor"] == sensor
+                && v["metric"] == metric
+                && v["state"] == state
         }
     })
     .json()
@@ -192,24 +209,184 @@ fn close(got: f64, want: f64) -> bool {
 fn every_type_and_order_decodes_and_alerts_through_the_rules() {
     let f32v = |v: f32| f64::from(v);
     let probe = [
-        e("temperature", "ir", 1, "i16", json!(315), "big", "big", "scale = 0.1", 31.5),
-        e("humidity", "ir", 2, "i16", json!(-55), "big", "big", "scale = 0.1", -5.5),
+        e(
+            "temperature",
+            "ir",
+            1,
+            "i16",
+            json!(315),
+            "big",
+            "big",
+            "scale = 0.1",
+            31.5,
+        ),
+        e(
+            "humidity",
+            "ir",
+            2,
+            "i16",
+            json!(-55),
+            "big",
+            "big",
+            "scale = 0.1",
+            -5.5,
+        ),
     ];
     let types = [
-        e("u16", "hr", 0, "u16", json!(65000), "big", "big", "", 65000.0),
-        e("i16", "hr", 1, "i16", json!(-1234), "big", "big", "", -1234.0),
-        e("u32", "hr", 2, "u32", json!(4_000_000_000u32), "big", "big", "", 4e9),
-        e("i32", "hr", 4, "i32", json!(-123_456_789), "little", "big", "", -123_456_789.0),
-        e("f32_abcd", "hr", 6, "f32", json!(-273.15), "big", "big", "", f32v(-273.15)),
-        e("f32_cdab", "hr", 8, "f32", json!(123.456), "little", "big", "", f32v(123.456)),
-        e("f32_badc", "hr", 10, "f32", json!(9.81), "big", "little", "", f32v(9.81)),
-        e("f32_dcba", "hr", 12, "f32", json!(1013.25), "little", "little", "", 1013.25),
-        e("u64", "hr", 14, "u64", json!(12_345_678_901_234u64), "big", "big", "", 12_345_678_901_234.0),
-        e("i64", "hr", 18, "i64", json!(-9_876_543_210i64), "little", "little", "", -9_876_543_210.0),
-        e("f64", "hr", 22, "f64", json!(6.02214076e23), "big", "big", "", 6.02214076e23),
-        e("f64_cdab", "hr", 26, "f64", json!(-0.0001), "little", "big", "", -0.0001),
-        e("scaled", "hr", 31, "u16", json!(1000), "big", "big", "scale = 0.01, offset = -5.0", 5.0),
-        e("energy", "ir", 0, "u32", json!(70000), "little", "big", "scale = 0.001", 70.0),
+        e(
+            "u16",
+            "hr",
+            0,
+            "u16",
+            json!(65000),
+            "big",
+            "big",
+            "",
+            65000.0,
+        ),
+        e(
+            "i16",
+            "hr",
+            1,
+            "i16",
+            json!(-1234),
+            "big",
+            "big",
+            "",
+            -1234.0,
+        ),
+        e(
+            "u32",
+            "hr",
+            2,
+            "u32",
+            json!(4_000_000_000u32),
+            "big",
+            "big",
+            "",
+            4e9,
+        ),
+        e(
+            "i32",
+            "hr",
+            4,
+            "i32",
+            json!(-123_456_789),
+            "little",
+            "big",
+            "",
+            -123_456_789.0,
+        ),
+        e(
+            "f32_abcd",
+            "hr",
+            6,
+            "f32",
+            json!(-273.15),
+            "big",
+            "big",
+            "",
+            f32v(-273.15),
+        ),
+        e(
+            "f32_cdab",
+            "hr",
+            8,
+            "f32",
+            json!(123.456),
+            "little",
+            "big",
+            "",
+            f32v(123.456),
+        ),
+        e(
+            "f32_badc",
+            "hr",
+            10,
+            "f32",
+            json!(9.81),
+            "big",
+            "little",
+            "",
+            f32v(9.81),
+        ),
+        e(
+            "f32_dcba",
+            "hr",
+            12,
+            "f32",
+            json!(1013.25),
+            "little",
+            "little",
+            "",
+            1013.25,
+        ),
+        e(
+            "u64",
+            "hr",
+            14,
+            "u64",
+            json!(12_345_678_901_234u64),
+            "big",
+            "big",
+            "",
+            12_345_678_901_234.0,
+        ),
+        e(
+            "i64",
+            "hr",
+            18,
+            "i64",
+            json!(-9_876_543_210i64),
+            "little",
+            "little",
+            "",
+            -9_876_543_210.0,
+        ),
+        e(
+            "f64",
+            "hr",
+            22,
+            "f64",
+            json!(6.02214076e23),
+            "big",
+            "big",
+            "",
+            6.02214076e23,
+        ),
+        e(
+            "f64_cdab",
+            "hr",
+            26,
+            "f64",
+            json!(-0.0001),
+            "little",
+            "big",
+            "",
+            -0.0001,
+        ),
+        e(
+            "scaled",
+            "hr",
+            31,
+            "u16",
+            json!(1000),
+            "big",
+            "big",
+            "scale = 0.01, offset = -5.0",
+            5.0,
+        ),
+        e(
+            "energy",
+            "ir",
+            0,
+            "u32",
+            json!(70000),
+            "little",
+            "big",
+            "scale = 0.001",
+            70.0,
+        ),
     ];
     let more = vec![
         json!({"table": "hr", "address": 30, "type": "u16", "value": 0x8005}),
@@ -226,16 +403,37 @@ fn every_type_and_order_decodes_and_alerts_through_the_rules() {
          { metric = \"pump\", kind = \"coil\", address = 3 },\n  { metric = \"closed\", kind = \"discrete\", address = 9 },\n",
         "max_registers = 16\n",
     );
-    let rules = format!("{SEEN}\n[[rule]]\nid = \"hot\"\nsensor = \"probe/*\"\nmetric = \"temperature\"\nabove = 30.0\nseverity = \"critical\"\n");
+    let rules = format!(
+        "{SEEN}\n[[rule]]\nid = \"hot\"\nsensor = \"probe/*\"\nmetric = \"temperature\"\nabove = 30.0\nseverity = \"critical\"\n"
+    );
     let mut rig = Rig::start(
         spec,
-        |path| format!("{}\n{probe_toml}\n{types_toml}", bus_toml("rs485", path, "200ms")),
+        |path| {
+            format!(
+                "{}\n{probe_toml}\n{types_toml}",
+                bus_toml("rs485", path, "200ms")
+            )
+        },
         &rules,
     );
 
-    let mut want: Vec<(&str, String, f64)> = probe.iter().map(|e| ("probe/1", e.metric.to_string(), e.expect)).collect();
-    want.extend(types.iter().map(|e| ("meter/7", e.metric.to_string(), e.expect)));
-    for (m, v) in [("run", 1.0), ("door", 0.0), ("heat", 1.0), ("fault", 1.0), ("pump", 1.0), ("closed", 0.0)] {
+    let mut want: Vec<(&str, String, f64)> = probe
+        .iter()
+        .map(|e| ("probe/1", e.metric.to_string(), e.expect))
+        .collect();
+    want.extend(
+        types
+            .iter()
+            .map(|e| ("meter/7", e.metric.to_string(), e.expect)),
+    );
+    for (m, v) in [
+        ("run", 1.0),
+        ("door", 0.0),
+        ("heat", 1.0),
+        ("fault", 1.0),
+        ("pump", 1.0),
+        ("closed", 0.0),
+    ] {
         want.push(("meter/7", m.to_string(), v));
     }
     let mut wrong = Vec::new();
@@ -260,7 +458,10 @@ fn every_type_and_order_decodes_and_alerts_through_the_rules() {
         "{meter_reqs} meter requests for {probe_reqs} probe requests"
     );
     let text = rig.metrics();
-    assert!(!text.contains("outpost_modbus_errors_total"), "no errors expected:\n{text}");
+    assert!(
+        !text.contains("outpost_modbus_errors_total"),
+        "no errors expected:\n{text}"
+    );
 }
 
 /// A device that stops answering costs one timeout a round, is counted and
@@ -269,8 +470,28 @@ fn every_type_and_order_decodes_and_alerts_through_the_rules() {
 /// when it answers again the rule resolves.
 #[test]
 fn a_device_that_stops_answering_is_counted_and_the_other_keeps_being_read() {
-    let probe = [e("temperature", "ir", 1, "i16", json!(215), "big", "big", "scale = 0.1", 21.5)];
-    let meter = [e("power", "ir", 12, "f32", json!(1520.5), "big", "big", "", 1520.5)];
+    let probe = [e(
+        "temperature",
+        "ir",
+        1,
+        "i16",
+        json!(215),
+        "big",
+        "big",
+        "scale = 0.1",
+        21.5,
+    )];
+    let meter = [e(
+        "power",
+        "ir",
+        12,
+        "f32",
+        json!(1520.5),
+        "big",
+        "big",
+        "",
+        1520.5,
+    )];
     let spec = json!({"devices": [device_spec(1, &probe, vec![]), device_spec(2, &meter, vec![])]});
     let toml = format!(
         "{}\n{}\n{}",
@@ -279,37 +500,89 @@ fn a_device_that_stops_answering_is_counted_and_the_other_keeps_being_read() {
         device_toml(2, "meter/2", &meter, "", "")
     );
     let rules = "[[rule]]\nid = \"meter-silent\"\nsensor = \"meter/2\"\nmetric = \"power\"\nsilent_for = \"1s\"\nseverity = \"critical\"\n";
-    let mut rig = Rig::start(spec, |path| format!("{}{toml}", bus_toml("rs485", path, "100ms")), rules);
-    rig.wait_device("the meter's first answer", "answers_total", 2, "meter/2", None, 1);
+    let mut rig = Rig::start(
+        spec,
+        |path| format!("{}{toml}", bus_toml("rs485", path, "100ms")),
+        rules,
+    );
+    rig.wait_device(
+        "the meter's first answer",
+        "answers_total",
+        2,
+        "meter/2",
+        None,
+        1,
+    );
 
     rig.server().command("silence 2");
     let fired = alert(&mut rig.sub, "meter-silent", "meter/2", "power", "firing");
     assert!(fired["value"].as_f64().unwrap() >= 1.0, "{fired}");
-    let timeouts = rig.wait_device("timeouts of the meter", "errors_total", 2, "meter/2", Some("timeout"), 5);
+    let timeouts = rig.wait_device(
+        "timeouts of the meter",
+        "errors_total",
+        2,
+        "meter/2",
+        Some("timeout"),
+        5,
+    );
     // The probe is still read, round after round.
     let probe_then = rig.device("answers_total", 1, "probe/1", None);
-    rig.wait_device("the probe read while the meter is silent", "answers_total", 1, "probe/1", None, probe_then + 5);
+    rig.wait_device(
+        "the probe read while the meter is silent",
+        "answers_total",
+        1,
+        "probe/1",
+        None,
+        probe_then + 5,
+    );
     assert_eq!(rig.device("device_up", 2, "meter/2", None), 0);
     assert_eq!(rig.device("device_up", 1, "probe/1", None), 1);
     assert_eq!(rig.device("errors_total", 1, "probe/1", Some("timeout")), 0);
 
     // `outpost status` says which device fails and how.
-    let status = run_outpost(rig.dir.path(), &["status", "--config", rig.dir.path().join("outpost.toml").to_str().unwrap()]);
+    let status = run_outpost(
+        rig.dir.path(),
+        &[
+            "status",
+            "--config",
+            rig.dir.path().join("outpost.toml").to_str().unwrap(),
+        ],
+    );
     let line = status
         .stdout
         .lines()
         .find(|l| l.contains("meter/2"))
         .unwrap_or_else(|| panic!("no meter in:\n{}", status.all()))
         .to_string();
-    assert!(line.contains("FAILING") && line.contains("timeout"), "{line}");
-    assert!(status.stdout.lines().any(|l| l.contains("probe/1") && l.contains(" ok ")), "{}", status.stdout);
+    assert!(
+        line.contains("FAILING") && line.contains("timeout"),
+        "{line}"
+    );
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.contains("probe/1") && l.contains(" ok ")),
+        "{}",
+        status.stdout
+    );
 
     // Logged with the device and its registers, at most once per 10 s.
     let log = rig.gw.run_log();
-    let warned: Vec<&str> = log.lines().filter(|l| l.contains("modbus request failed")).collect();
-    assert_eq!(warned.len(), 1, "{timeouts} timeouts, warnings:\n{}", warned.join("\n"));
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("modbus request failed"))
+        .collect();
+    assert_eq!(
+        warned.len(),
+        1,
+        "{timeouts} timeouts, warnings:\n{}",
+        warned.join("\n")
+    );
     assert!(
-        warned[0].contains("unit=2") && warned[0].contains("sensor=meter/2") && warned[0].contains("registers=input 12-13"),
+        warned[0].contains("unit=2")
+            && warned[0].contains("sensor=meter/2")
+            && warned[0].contains("registers=input 12-13"),
         "{}",
         warned[0]
     );
@@ -323,25 +596,74 @@ fn a_device_that_stops_answering_is_counted_and_the_other_keeps_being_read() {
 /// quiet), and the next clean answer is read again.
 #[test]
 fn a_garbled_answer_is_counted_and_never_trusted() {
-    let probe = [e("temperature", "ir", 1, "i16", json!(215), "big", "big", "scale = 0.1", 21.5)];
+    let probe = [e(
+        "temperature",
+        "ir",
+        1,
+        "i16",
+        json!(215),
+        "big",
+        "big",
+        "scale = 0.1",
+        21.5,
+    )];
     let spec = json!({"devices": [device_spec(1, &probe, vec![])]});
     let toml = device_toml(1, "probe/1", &probe, "", "");
     let rules = "[[rule]]\nid = \"wrong\"\nsensor = \"probe/1\"\nmetric = \"temperature\"\noutside = [21.4, 21.6]\n";
-    let mut rig = Rig::start(spec, |path| format!("{}{toml}", bus_toml("rs485", path, "100ms")), rules);
-    let answers = rig.wait_device("the probe's first answer", "answers_total", 1, "probe/1", None, 1);
+    let mut rig = Rig::start(
+        spec,
+        |path| format!("{}{toml}", bus_toml("rs485", path, "100ms")),
+        rules,
+    );
+    let answers = rig.wait_device(
+        "the probe's first answer",
+        "answers_total",
+        1,
+        "probe/1",
+        None,
+        1,
+    );
 
     rig.server().command("garble 1");
-    rig.wait_device("a garbled answer", "errors_total", 1, "probe/1", Some("bad_crc"), 1);
+    rig.wait_device(
+        "a garbled answer",
+        "errors_total",
+        1,
+        "probe/1",
+        Some("bad_crc"),
+        1,
+    );
     let during = rig.device("answers_total", 1, "probe/1", None);
-    rig.wait_device("more garbled answers", "errors_total", 1, "probe/1", Some("bad_crc"), 4);
-    assert_eq!(rig.device("answers_total", 1, "probe/1", None), during, "a garbled frame was taken as an answer");
+    rig.wait_device(
+        "more garbled answers",
+        "errors_total",
+        1,
+        "probe/1",
+        Some("bad_crc"),
+        4,
+    );
+    assert_eq!(
+        rig.device("answers_total", 1, "probe/1", None),
+        during,
+        "a garbled frame was taken as an answer"
+    );
     assert!(during <= answers + 1);
 
     rig.server().command("clean 1");
-    rig.wait_device("answers again", "answers_total", 1, "probe/1", None, during + 3);
+    rig.wait_device(
+        "answers again",
+        "answers_total",
+        1,
+        "probe/1",
+        None,
+        during + 3,
+    );
     rig.sub.barrier("outpost/test-gw/alerts/barrier");
     let alerts = dedup_alerts(rig.sub.messages());
-    assert!(alerts.is_empty(), "a garbled value reached the rules: {alerts:?}");
+    assert!(
+        alerts.is_empty(),
+        "a garbled value reached the rules: {alerts:?}"
+    );
     assert_eq!(rig.device("errors_total", 1, "probe/1", Some("timeout")), 0);
 }
 
@@ -360,10 +682,24 @@ fn cpu_time(pid: u32) -> Duration {
 /// and reopened at the same path when it is back.
 #[test]
 fn an_unplugged_bus_is_reopened_without_spinning() {
-    let probe = [e("temperature", "ir", 1, "i16", json!(215), "big", "big", "scale = 0.1", 21.5)];
+    let probe = [e(
+        "temperature",
+        "ir",
+        1,
+        "i16",
+        json!(215),
+        "big",
+        "big",
+        "scale = 0.1",
+        21.5,
+    )];
     let spec = json!({"devices": [device_spec(1, &probe, vec![])]});
     let toml = device_toml(1, "probe/1", &probe, "", "");
-    let mut rig = Rig::start(spec, |path| format!("{}{toml}", bus_toml("rs485", path, "100ms")), SEEN);
+    let mut rig = Rig::start(
+        spec,
+        |path| format!("{}{toml}", bus_toml("rs485", path, "100ms")),
+        SEEN,
+    );
     alert(&mut rig.sub, "seen", "probe/1", "temperature", "firing");
 
     rig.server = None;
@@ -376,10 +712,24 @@ fn an_unplugged_bus_is_reopened_without_spinning() {
     assert!(share < 0.10, "{:.0}% CPU while unplugged", share * 100.0);
 
     rig.pty.replug();
-    rig.server = Some(ModbusServer::serial(rig.dir.path(), &rig.pty.test_path(), &rig.spec));
+    rig.server = Some(ModbusServer::serial(
+        rig.dir.path(),
+        &rig.pty.test_path(),
+        &rig.spec,
+    ));
     let before = rig.device("answers_total", 1, "probe/1", None);
-    rig.wait_device("answers after the replug", "answers_total", 1, "probe/1", None, before + 3);
-    let reopens = http::sample(&rig.metrics(), r#"outpost_source_reopens_total{source="rs485",kind="modbus"}"#);
+    rig.wait_device(
+        "answers after the replug",
+        "answers_total",
+        1,
+        "probe/1",
+        None,
+        before + 3,
+    );
+    let reopens = http::sample(
+        &rig.metrics(),
+        r#"outpost_source_reopens_total{source="rs485",kind="modbus"}"#,
+    );
     assert_eq!(reopens, Some(1.0));
 }
 
@@ -390,11 +740,45 @@ fn modbus_tcp_reads_the_same_tables() {
     let up = Mosquitto::start();
     let port = free_port().unwrap();
     let entries = [
-        e("power", "ir", 12, "f32", json!(1520.5), "big", "big", "", 1520.5),
-        e("total", "ir", 342, "f32", json!(12345.5), "big", "big", "", 12345.5),
-        e("count", "hr", 0, "u32", json!(70000), "little", "big", "", 70000.0),
+        e(
+            "power",
+            "ir",
+            12,
+            "f32",
+            json!(1520.5),
+            "big",
+            "big",
+            "",
+            1520.5,
+        ),
+        e(
+            "total",
+            "ir",
+            342,
+            "f32",
+            json!(12345.5),
+            "big",
+            "big",
+            "",
+            12345.5,
+        ),
+        e(
+            "count",
+            "hr",
+            0,
+            "u32",
+            json!(70000),
+            "little",
+            "big",
+            "",
+            70000.0,
+        ),
     ];
-    let _server = ModbusServer::tcp(dir.path(), port, &json!({"devices": [device_spec(1, &entries, vec![])]}));
+    let _server = ModbusServer::tcp(
+        dir.path(),
+        port,
+        &json!({"devices": [device_spec(1, &entries, vec![])]}),
+    );
     let mut sub = Subscriber::connect(up.port(), ALERTS);
     let mut cfg = Config::new(&up.url());
     cfg.extra_sections = format!(
@@ -404,7 +788,11 @@ fn modbus_tcp_reads_the_same_tables() {
     let _gw = Gateway::start(dir.path(), &cfg.toml(), SEEN);
     for en in &entries {
         let a = alert(&mut sub, "seen", "meter/tcp", en.metric, "firing");
-        assert!(close(a["value"].as_f64().unwrap(), en.expect), "{en_metric}: {a}", en_metric = en.metric);
+        assert!(
+            close(a["value"].as_f64().unwrap(), en.expect),
+            "{en_metric}: {a}",
+            en_metric = en.metric
+        );
     }
 }
 
@@ -415,10 +803,40 @@ fn modbus_read_prints_what_the_devices_answered() {
     let dir = tempdir();
     let pty = Pty::new(dir.path(), "rs485");
     let probe = [
-        e("temperature", "ir", 1, "i16", json!(215), "big", "big", "scale = 0.1", 21.5),
-        e("humidity", "ir", 2, "i16", json!(405), "big", "big", "scale = 0.1", 40.5),
+        e(
+            "temperature",
+            "ir",
+            1,
+            "i16",
+            json!(215),
+            "big",
+            "big",
+            "scale = 0.1",
+            21.5,
+        ),
+        e(
+            "humidity",
+            "ir",
+            2,
+            "i16",
+            json!(405),
+            "big",
+            "big",
+            "scale = 0.1",
+            40.5,
+        ),
     ];
-    let meter = [e("power", "ir", 12, "f32", json!(1520.5), "big", "big", "", 1520.5)];
+    let meter = [e(
+        "power",
+        "ir",
+        12,
+        "f32",
+        json!(1520.5),
+        "big",
+        "big",
+        "",
+        1520.5,
+    )];
     let mut server = ModbusServer::serial(
         dir.path(),
         &pty.test_path(),
@@ -443,11 +861,20 @@ fn modbus_read_prints_what_the_devices_answered() {
         "  unit 2  meter/2",
         "power  1520.5  input 12 f32",
     ] {
-        assert!(out.stdout.contains(want), "missing {want:?} in:\n{}", out.stdout);
+        assert!(
+            out.stdout.contains(want),
+            "missing {want:?} in:\n{}",
+            out.stdout
+        );
     }
     server.command("silence 2");
     let out = read();
     assert_eq!(out.code, Some(1), "{}", out.all());
-    assert!(out.stdout.contains("input 12-13: timeout (no answer) within 200ms"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("input 12-13: timeout (no answer) within 200ms"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("temperature  21.5"), "{}", out.stdout);
 }

@@ -121,6 +121,19 @@ pub fn raw_value(ty: ValueType, bits: u64) -> f64 {
     }
 }
 
+/// `raw × scale`, as a person would compute it: a scale that is one over
+/// a whole number (0.1, 0.01) divides by that number, so 267 × 0.1 is 26.7,
+/// not 26.700000000000003.
+pub fn scaled(raw: f64, scale: f64) -> f64 {
+    let inverse = 1.0 / scale;
+    let whole = inverse.round();
+    if whole.abs() >= 2.0 && (inverse - whole).abs() < 1e-9 * whole.abs() {
+        raw / whole
+    } else {
+        raw * scale
+    }
+}
+
 /// The raw bits of entry `m` in the data of an answer to `req`; None when
 /// the data does not hold it (a block that does not cover the entry).
 pub fn entry_bits(m: &RegisterMap, req: &Request, data: &[u8]) -> Option<u64> {
@@ -156,7 +169,7 @@ pub fn decode_block<'a>(
         };
         match &m.target {
             Target::Metric(metric) => {
-                let value = raw_value(m.value, bits) * m.scale + m.offset;
+                let value = scaled(raw_value(m.value, bits), m.scale) + m.offset;
                 if value.is_finite() {
                     out.push(Reading {
                         sensor: device.sensor.clone(),
@@ -274,6 +287,17 @@ mod tests {
             ]
         );
         assert!(out.iter().all(|r| r.sensor == "dev" && r.ts_ms == 7));
+    }
+
+    #[test]
+    fn decimal_scales_give_the_decimal_value() {
+        assert_eq!(scaled(267.0, 0.1), 26.7);
+        assert_eq!(scaled(-215.0, 0.1), -21.5);
+        assert_eq!(scaled(12345.0, 0.01), 123.45);
+        assert_eq!(scaled(70000.0, 0.001), 70.0);
+        assert_eq!(scaled(3.0, 2.5), 7.5);
+        assert_eq!(scaled(3.0, 1.0), 3.0);
+        assert_eq!(scaled(3.0, -0.5), -1.5);
     }
 
     #[test]

@@ -17,7 +17,10 @@ use serde_json::Value;
 use super::WAIT;
 use super::process::kill_and_reap;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/harness/modbus_server.py");
+const SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/it/harness/modbus_server.py"
+);
 
 /// The Python that has pymodbus.
 pub fn python() -> PathBuf {
