@@ -161,10 +161,10 @@ impl Fault {
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Fault::Timeout => write!(f, "no answer"),
+            Fault::Timeout => write!(f, "timeout (no answer)"),
             Fault::Exception(code) => write!(f, "exception {code} ({})", exception_name(*code)),
-            Fault::BadCrc => write!(f, "bad CRC (garbled frame)"),
-            Fault::BadFrame(why) => write!(f, "not the answer: {why}"),
+            Fault::BadCrc => write!(f, "bad CRC (a garbled frame)"),
+            Fault::BadFrame(why) => write!(f, "bad frame ({why})"),
         }
     }
 }
