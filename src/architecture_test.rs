@@ -26,6 +26,8 @@ const PURE: &[&str] = &[
     "payload.rs",
     "topic/",
     "source/lines.rs",
+    "source/modbus/frame.rs",
+    "source/modbus/decode.rs",
     "upstream/ack.rs",
     "backoff.rs",
     "health.rs",

@@ -4,7 +4,7 @@
 //! component's own state).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,66 @@ impl SourceCounters {
     }
 }
 
+/// Counters of one Modbus device (a unit on a `[[modbus]]` bus).
+#[derive(Debug)]
+pub struct DeviceCounters {
+    pub source: String,
+    pub unit: u8,
+    pub sensor: String,
+    /// Requests sent.
+    pub requests: AtomicU64,
+    /// Good answers.
+    pub answers: AtomicU64,
+    pub readings: AtomicU64,
+    /// Failed requests by kind (`timeout`, `exception`, `bad_crc`, `bad_frame`)
+    /// and values left out (`non_finite`).
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// True while every request of its last poll was answered.
+    pub up: AtomicBool,
+    /// Wall-clock ms of the last good answer (0: never).
+    pub last_answer_ms: AtomicI64,
+    /// Rate limit for its warnings.
+    warn: Mutex<WarnLimiter>,
+}
+
+impl DeviceCounters {
+    pub fn new(source: &str, unit: u8, sensor: &str) -> Self {
+        DeviceCounters {
+            source: source.to_string(),
+            unit,
+            sensor: sensor.to_string(),
+            requests: AtomicU64::new(0),
+            answers: AtomicU64::new(0),
+            readings: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
+            up: AtomicBool::new(false),
+            last_answer_ms: AtomicI64::new(0),
+            warn: Mutex::new(WarnLimiter::new(Duration::from_secs(10))),
+        }
+    }
+
+    pub fn error(&self, kind: &'static str) {
+        let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        *e.entry(kind).or_insert(0) += 1;
+    }
+
+    pub fn errors(&self) -> BTreeMap<&'static str, u64> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether a warning about this device may be logged now, and how many
+    /// were suppressed since the last one.
+    pub fn may_warn(&self) -> Option<u64> {
+        self.warn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(Instant::now())
+    }
+}
+
 /// At most one warning per period; counts what it held back.
 #[derive(Debug)]
 pub struct WarnLimiter {
@@ -134,6 +194,8 @@ pub struct Telemetry {
     /// Seconds from handing an alert to the MQTT client to its PUBACK.
     pub publish_latency: Histogram,
     sources: Mutex<Vec<Arc<SourceCounters>>>,
+    /// Modbus devices, in config order.
+    devices: Mutex<Vec<Arc<DeviceCounters>>>,
     /// Alerts by (rule, state): created (stored in the outbox) and delivered
     /// (acknowledged by the upstream broker).
     alerts: Mutex<BTreeMap<(String, &'static str), AlertCounts>>,
@@ -172,6 +234,7 @@ impl Telemetry {
             last_progress_ms: AtomicU64::new(0),
             publish_latency: Histogram::new(publish_latency_buckets()),
             sources: Mutex::new(Vec::new()),
+            devices: Mutex::new(Vec::new()),
             alerts: Mutex::new(BTreeMap::new()),
             firing: Mutex::new(Vec::new()),
         }
@@ -234,6 +297,23 @@ impl Telemetry {
 
     pub fn sources(&self) -> Vec<Arc<SourceCounters>> {
         self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The counters of a Modbus device, registered for `/metrics` and `/status`.
+    pub fn modbus_device(&self, source: &str, unit: u8, sensor: &str) -> Arc<DeviceCounters> {
+        let c = Arc::new(DeviceCounters::new(source, unit, sensor));
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(c.clone());
+        c
+    }
+
+    pub fn modbus_devices(&self) -> Vec<Arc<DeviceCounters>> {
+        self.devices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

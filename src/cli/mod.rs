@@ -3,9 +3,11 @@
 //! 2 invalid configuration; systemd does not restart on 2).
 //!
 //! One file per command group: `run.rs` (`run`, `check`), `status.rs`,
-//! `rules/` (`rules test`, `rules replay`) and `outbox.rs` (`outbox list`,
-//! `export`, `purge`). Nothing else in the crate depends on this module.
+//! `rules/` (`rules test`, `rules replay`), `outbox.rs` (`outbox list`,
+//! `export`, `purge`) and `modbus.rs` (`modbus read`). Nothing else in the
+//! crate depends on this module.
 
+mod modbus;
 mod outbox;
 mod rules;
 mod run;
@@ -50,6 +52,21 @@ pub enum Command {
     Outbox(OutboxCommand),
     /// Show a running gateway's state: upstream link, outbox, sources, firing alerts.
     Status(StatusArgs),
+    /// Talk to Modbus devices directly, without running the gateway.
+    #[command(subcommand)]
+    Modbus(ModbusCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModbusCommand {
+    /// Poll each device of the [[modbus]] buses once and print what it answered.
+    Read {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only the [[modbus]] source with this name.
+        #[arg(long)]
+        source: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,6 +119,9 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(&a.config),
         Command::Status(a) => status::status(&a.config.config, a.json),
         Command::Outbox(c) => outbox::run(c),
+        Command::Modbus(ModbusCommand::Read { config, source }) => {
+            modbus::read(&config.config, source.as_deref())
+        }
         Command::Rules(RulesCommand::Test { files }) => rules::test(&files),
         Command::Rules(RulesCommand::Replay { rules, input }) => rules::replay(&rules, &input),
     };

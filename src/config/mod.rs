@@ -35,8 +35,9 @@ pub use compile::compile;
 pub use files::{Disk, FileInfo, Files};
 pub use rules_file::{load_rules, parse_rules};
 pub use types::{
-    Config, FlowControl, FlushPolicy, GatewayConfig, HomeAssistantConfig, HttpConfig,
-    MqttSourceConfig, OutboxConfig, Parity, SerialConfig, SimulateConfig, UpstreamConfig,
+    Config, FlowControl, FlushPolicy, GatewayConfig, HomeAssistantConfig, HttpConfig, LineSettings,
+    ModbusConfig, ModbusDevice, ModbusLink, MqttSourceConfig, Order, OutboxConfig, Parity,
+    RegisterKind, RegisterMap, SerialConfig, SimulateConfig, Target, UpstreamConfig, ValueType,
 };
 pub use units::parse_duration;
 

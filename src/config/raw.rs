@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::types::{FlowControl, Parity};
+use super::types::{FlowControl, Order, Parity, RegisterKind, ValueType};
 use super::units::{ByteSize, HumanDuration};
 use crate::payload::Format;
 
@@ -136,6 +136,57 @@ pub(super) struct RawSimulate {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawModbus {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) url: Option<Spanned<String>>,
+    pub(super) baud: Option<Spanned<u32>>,
+    pub(super) data_bits: Option<Spanned<u8>>,
+    pub(super) parity: Option<Spanned<Parity>>,
+    pub(super) stop_bits: Option<Spanned<u8>>,
+    pub(super) flow_control: Option<Spanned<FlowControl>>,
+    pub(super) interval: Option<Spanned<HumanDuration>>,
+    pub(super) timeout: Option<Spanned<HumanDuration>>,
+    pub(super) max_registers: Option<Spanned<i64>>,
+    pub(super) max_gap: Option<Spanned<i64>>,
+    pub(super) reopen_after_silence: Option<HumanDuration>,
+    /// `[[modbus.device]]`: compiled one table at a time, from the raw
+    /// value; declared so that the key is known.
+    #[allow(dead_code)]
+    pub(super) device: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModbusDevice {
+    pub(super) unit: Spanned<i64>,
+    pub(super) sensor: Spanned<String>,
+    pub(super) max_registers: Option<Spanned<i64>>,
+    pub(super) max_gap: Option<Spanned<i64>>,
+    /// Compiled one entry at a time, from the raw value; declared so that
+    /// the key is known (and required).
+    #[allow(dead_code)]
+    pub(super) registers: Spanned<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRegister {
+    pub(super) metric: Option<Spanned<String>>,
+    pub(super) kind: Spanned<RegisterKind>,
+    pub(super) address: Spanned<i64>,
+    #[serde(rename = "type")]
+    pub(super) value: Option<Spanned<ValueType>>,
+    pub(super) count: Option<Spanned<i64>>,
+    pub(super) word_order: Option<Spanned<Order>>,
+    pub(super) byte_order: Option<Spanned<Order>>,
+    pub(super) scale: Option<Spanned<f64>>,
+    pub(super) offset: Option<Spanned<f64>>,
+    pub(super) bits: Option<Spanned<std::collections::BTreeMap<String, Spanned<i64>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawHomeAssistant {
     pub(super) enabled: Option<bool>,
     pub(super) discovery_prefix: Option<Spanned<String>>,
@@ -151,4 +202,5 @@ pub(super) const SECTIONS: &[&str] = &[
     "mqtt",
     "simulate",
     "homeassistant",
+    "modbus",
 ];

@@ -82,6 +82,19 @@ impl Config {
                 m.topics.join(", ")
             );
         }
+        for m in &self.modbus {
+            let entries: usize = m.devices.iter().map(|d| d.registers.len()).sum();
+            let _ = writeln!(
+                s,
+                "modbus     {} {}, {} device{}, {entries} register entries, every {}, timeout {}",
+                m.name,
+                m.link,
+                m.devices.len(),
+                if m.devices.len() == 1 { "" } else { "s" },
+                humantime::format_duration(m.interval),
+                humantime::format_duration(m.timeout)
+            );
+        }
         for m in &self.simulate {
             let _ = writeln!(s, "simulate   {} {} {}", m.name, m.sensor, m.metric);
         }

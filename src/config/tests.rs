@@ -84,7 +84,7 @@ const CASES: &[(&str, &[&str])] = &[
         "[gatway]\nid = \"gw\"\n",
         &[
             "missing [gateway] section (it needs at least `id`)",
-            "1:2: unknown section `gatway`; expected one of: gateway, upstream, outbox, http, serial, mqtt, simulate, homeassistant",
+            "1:2: unknown section `gatway`; expected one of: gateway, upstream, outbox, http, serial, mqtt, simulate, homeassistant, modbus",
         ],
     ),
     (
@@ -401,4 +401,180 @@ fn a_valid_config_compiles_with_its_defaults_and_rules() {
     assert_eq!(u.broker.password.unwrap().expose(), "hunter2");
     assert_eq!(u.max_payload, 128 << 10);
     assert_eq!(c.outbox.flush, FlushPolicy::Always);
+}
+
+/// A `[[modbus]]` bus with one device (unit 1, sensor `p`) whose line 8 on
+/// is `$body`.
+macro_rules! bus {
+    ($body:literal) => {
+        concat!(
+            "[gateway]\nid = \"gw\"\n[[modbus]]\npath = \"/dev/ttyUSB0\"\n",
+            "[[modbus.device]]\nunit = 1\nsensor = \"p\"\n",
+            $body
+        )
+    };
+}
+
+/// Modbus register tables: one case per distinct problem, at its place.
+const MODBUS_CASES: &[(&str, &[&str])] = &[
+    (
+        bus!(
+            "registers = [{ metric = \"t\", kind = \"input\", address = 0, type = \"f32\" },\n  { metric = \"h\", kind = \"input\", address = 1 }]\n"
+        ),
+        &["9:3: input 1 overlaps 0-1 (of `t`) on unit 1"],
+    ),
+    (
+        bus!(
+            "registers = [{ metric = \"t\", kind = \"input\", address = 65535, type = \"u32\" }]\n"
+        ),
+        &["8:56: a u32 at address 65535 takes 2 registers and runs past the last address, 65535"],
+    ),
+    (
+        bus!("registers = [{ metric = \"t\", kind = \"input\", address = 70000 }]\n"),
+        &["8:56: address must be 0 to 65535, not 70000"],
+    ),
+    (
+        bus!(
+            "registers = [{ metric = \"t\", kind = \"holding\", address = 0, type = \"f32\", count = 1 }]\n"
+        ),
+        &["8:83: type f32 takes 2 registers, not 1"],
+    ),
+    (
+        bus!("registers = [{ metric = \"t\", kind = \"coil\", address = 0, type = \"u16\" }]\n"),
+        &["8:65: a coil holds one bit: its type is bool, not u16"],
+    ),
+    (
+        bus!(
+            "registers = [{ metric = \"t\", kind = \"holding\", address = 0, type = \"bool\" }]\n"
+        ),
+        &[
+            "8:68: type bool is for coils and discrete inputs; a holding register is u16, i16, u32, i32, f32, u64, i64 or f64 (or use `bits`)",
+        ],
+    ),
+    (
+        bus!(
+            "registers = [{ kind = \"holding\", address = 0, bits = { alarm = 0, door = 16 } }]\n"
+        ),
+        &["8:74: bit 16 is out of range for a u16 (0 to 15)"],
+    ),
+    (
+        bus!(
+            "registers = [{ kind = \"holding\", address = 0, type = \"f32\", bits = { alarm = 0 } }]\n"
+        ),
+        &["8:68: `bits` are read from an unsigned or signed integer register, not f32"],
+    ),
+    (
+        bus!("registers = [{ kind = \"holding\", address = 0 }]\n"),
+        &["8:14: a register entry needs `metric` (one value) or `bits` (a status register's bits)"],
+    ),
+    (
+        bus!("registers = [{ metric = \"t\", kind = \"holding\", address = 0, scale = 0 }]\n"),
+        &["8:69: scale must be a finite number other than 0"],
+    ),
+    (
+        bus!("registers = [{ metric = \"t\", kind = \"register\", address = 0 }]\n"),
+        &[
+            "8:37: unknown variant `register`, expected one of `coil`, `discrete`, `holding`, `input`",
+        ],
+    ),
+    (
+        bus!("registers = [{ metric = \"t\", kind = \"input\", address = 0, scael = 2 }]\n"),
+        &[
+            "8:59: unknown field `scael`, expected one of `metric`, `kind`, `address`, `type`, `count`, `word_order`, `byte_order`, `scale`, `offset`, `bits`",
+        ],
+    ),
+    (
+        bus!("registers = []\n"),
+        &["8:13: `registers` is empty; map at least one"],
+    ),
+    // A sensor's metric is read once, across devices and buses.
+    (
+        bus!(
+            "registers = [{ metric = \"t\", kind = \"input\", address = 0 }]\n[[modbus.device]]\nunit = 2\nsensor = \"p\"\nregisters = [{ metric = \"t\", kind = \"input\", address = 5 }]\n"
+        ),
+        &["12:14: sensor `p` metric `t` is already read from unit 1 input 0"],
+    ),
+    (
+        bus!(
+            "registers = [{ metric = \"t\", kind = \"input\", address = 0 }]\n[[modbus.device]]\nunit = 1\nsensor = \"q\"\nregisters = [{ metric = \"t\", kind = \"input\", address = 0 }]\n"
+        ),
+        &["10:8: unit 1 is on this bus twice"],
+    ),
+    (
+        "[gateway]\nid = \"gw\"\n[[modbus]]\npath = \"/dev/ttyUSB0\"\n[[modbus.device]]\nunit = 0\nsensor = \"p\"\nregisters = [{ metric = \"t\", kind = \"input\", address = 0 }]\n",
+        &["6:8: unit must be 1 to 247 on an RTU bus, not 0"],
+    ),
+    (
+        "[gateway]\nid = \"gw\"\n[[modbus]]\nurl = \"tcp://meter.lan\"\nbaud = 9600\n[[modbus.device]]\nunit = 300\nsensor = \"p\"\nregisters = [{ metric = \"t\", kind = \"input\", address = 0 }]\n",
+        &[
+            "5:8: `baud` is for serial buses (`path`); a tcp:// bus has none",
+            "7:8: unit must be 0 to 255 on a tcp:// bus, not 300",
+        ],
+    ),
+    (
+        "[gateway]\nid = \"gw\"\n[[modbus]]\nurl = \"mqtt://meter.lan\"\n[[modbus.device]]\nunit = 1\nsensor = \"p\"\nregisters = [{ metric = \"t\", kind = \"input\", address = 0 }]\n",
+        &["4:7: url must be tcp://host:502, not `mqtt://meter.lan`"],
+    ),
+    (
+        "[gateway]\nid = \"gw\"\n[[modbus]]\nname = \"bus\"\n",
+        &["4:8: [[modbus]] needs `path` (RTU on a serial port) or `url` (tcp://host:502)"],
+    ),
+    (
+        "[gateway]\nid = \"gw\"\n[[modbus]]\nname = \"bus\"\npath = \"/dev/ttyUSB0\"\nmax_registers = 200\n",
+        &[
+            "4:8: [[modbus]] `bus` has no [[modbus.device]]",
+            "6:17: max_registers must be 1 to 125, not 200",
+        ],
+    ),
+];
+
+#[test]
+fn every_modbus_table_problem_is_reported_at_its_place() {
+    let files = files();
+    let wrong = mismatches(MODBUS_CASES.iter().copied(), |text| problems(text, &files));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn a_modbus_bus_compiles_with_its_defaults() {
+    let text = bus!(
+        "registers = [\n  { metric = \"temperature\", kind = \"input\", address = 1, type = \"i16\", scale = 0.1 },\n  { metric = \"power\", kind = \"holding\", address = 10, type = \"f32\", word_order = \"little\" },\n  { kind = \"holding\", address = 20, bits = { running = 0, fault = 7 } },\n  { metric = \"pump\", kind = \"coil\", address = 3 },\n]\n"
+    );
+    let c = compile(Path::new(PATH), text, &files()).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let m = &c.modbus[0];
+    assert_eq!(m.name, "modbus-1");
+    assert_eq!(m.interval, std::time::Duration::from_secs(5));
+    assert_eq!(m.timeout, std::time::Duration::from_millis(500));
+    assert_eq!(m.link.to_string(), "/dev/ttyUSB0 at 9600 8N1");
+    let d = &m.devices[0];
+    assert_eq!(
+        (d.unit, d.sensor.as_str(), d.max_registers, d.max_gap),
+        (1, "p", 125, 0)
+    );
+    assert_eq!(d.registers[0].value, ValueType::I16);
+    assert_eq!(d.registers[0].scale, 0.1);
+    assert_eq!(d.registers[1].word_order, Order::Little);
+    assert_eq!(d.registers[1].byte_order, Order::Big);
+    assert_eq!(
+        d.registers[2].target,
+        Target::Bits(vec![("running".into(), 0), ("fault".into(), 7)])
+    );
+    assert_eq!(d.registers[3].value, ValueType::Bool);
+    assert!(c.summary().contains(
+        "modbus     modbus-1 /dev/ttyUSB0 at 9600 8N1, 1 device, 4 register entries, every 5s, timeout 500ms"
+    ), "{}", c.summary());
+}
+
+#[test]
+fn a_round_longer_than_the_interval_is_a_warning() {
+    let text = "[gateway]\nid = \"gw\"\n[[modbus]]\nname = \"bus\"\nurl = \"tcp://[::1]:5020\"\ninterval = \"1s\"\ntimeout = \"600ms\"\n\
+        [[modbus.device]]\nunit = 1\nsensor = \"a\"\nregisters = [{ metric = \"t\", kind = \"input\", address = 0 }]\n\
+        [[modbus.device]]\nunit = 2\nsensor = \"b\"\nregisters = [{ metric = \"t\", kind = \"input\", address = 0 }]\n";
+    assert_eq!(
+        problems(text, &files()),
+        [
+            "4:8: warning: with 2 devices not answering, a poll round takes 2 x timeout = 1s 200ms, longer than interval (1s)"
+        ]
+    );
 }

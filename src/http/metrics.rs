@@ -40,6 +40,10 @@
 //! | `outpost_http_connections_accepted_total` | counter | |
 //! | `outpost_http_connections_closed_total` | counter | `reason`: `timeout`, `evicted`, `refused`, `expired` |
 //! | `outpost_http_accept_errors_total` | counter | |
+//! | `outpost_modbus_requests_total` | counter | `source`, `unit`, `sensor` |
+//! | `outpost_modbus_answers_total` | counter | `source`, `unit`, `sensor` |
+//! | `outpost_modbus_errors_total` | counter | `source`, `unit`, `sensor`, `error` |
+//! | `outpost_modbus_device_up` | gauge | `source`, `unit`, `sensor` |
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -319,6 +323,49 @@ pub fn encode(state: &HttpState) -> Result<String, std::fmt::Error> {
         "Failed accepts (out of file descriptors, reset before accepted)",
         counter(load(&c.accept_errors)),
     );
+    let devices = t.modbus_devices();
+    if !devices.is_empty() {
+        let requests: Family<Labels, Counter> = Family::default();
+        let answers: Family<Labels, Counter> = Family::default();
+        let errors: Family<Labels, Counter> = Family::default();
+        let up: Family<Labels, Gauge> = Family::default();
+        for d in devices {
+            let l = vec![
+                ("source", d.source.clone()),
+                ("unit", d.unit.to_string()),
+                ("sensor", d.sensor.clone()),
+            ];
+            requests.get_or_create(&l).inc_by(load(&d.requests));
+            answers.get_or_create(&l).inc_by(load(&d.answers));
+            up.get_or_create(&l)
+                .set(i64::from(d.up.load(Ordering::Relaxed)));
+            for (kind, n) in d.errors() {
+                let mut l = l.clone();
+                l.push(("error", kind.to_string()));
+                errors.get_or_create(&l).inc_by(n);
+            }
+        }
+        reg.register(
+            "modbus_requests",
+            "Modbus requests sent per device",
+            requests,
+        );
+        reg.register(
+            "modbus_answers",
+            "Modbus requests answered with data per device",
+            answers,
+        );
+        reg.register(
+            "modbus_errors",
+            "Modbus requests that gave no value per device and kind (timeout, exception, bad_crc, bad_frame), and values left out (non_finite)",
+            errors,
+        );
+        reg.register(
+            "modbus_device_up",
+            "1 while every request of the device's last poll was answered",
+            up,
+        );
+    }
 
     let mut out = String::new();
     encode_text(&mut out, &reg)?;
@@ -361,6 +408,9 @@ mod tests {
         connections.open.store(2, Ordering::Relaxed);
         connections.evicted.store(5, Ordering::Relaxed);
         connections.timed_out.store(1, Ordering::Relaxed);
+        let dev = t.modbus_device("rs485", 2, "meter/1");
+        dev.requests.store(5, Ordering::Relaxed);
+        dev.error("bad_crc");
         let state = HttpState {
             gateway: "gw".into(),
             upstream: None,
@@ -392,6 +442,18 @@ mod tests {
             ("outpost_outbox_depth", 0.0),
             ("outpost_outbox_bytes", 0.0),
             ("outpost_rules_loaded", 3.0),
+            (
+                r#"outpost_modbus_requests_total{source="rs485",unit="2",sensor="meter/1"}"#,
+                5.0,
+            ),
+            (
+                r#"outpost_modbus_errors_total{source="rs485",unit="2",sensor="meter/1",error="bad_crc"}"#,
+                1.0,
+            ),
+            (
+                r#"outpost_modbus_device_up{source="rs485",unit="2",sensor="meter/1"}"#,
+                0.0,
+            ),
             ("outpost_upstream_publish_latency_seconds_count", 1.0),
             (
                 r#"outpost_upstream_publish_latency_seconds_bucket{le="0.008"}"#,

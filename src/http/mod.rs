@@ -41,8 +41,8 @@ use crate::outbox::Outbox;
 use crate::reading::Clock;
 use crate::telemetry::Telemetry;
 use status::{
-    AlertsStatus, FiringAlert, OldestAlert, OutboxStatus, PipelineStatus, RulesStatus,
-    SourceStatus, Status, UpstreamStatus,
+    AlertsStatus, FiringAlert, ModbusDeviceStatus, OldestAlert, OutboxStatus, PipelineStatus,
+    RulesStatus, SourceStatus, Status, UpstreamStatus,
 };
 
 /// No engine progress for this long and `/healthz` answers 503. The engine
@@ -117,6 +117,30 @@ impl HttpState {
                 reopens: s.reopens.load(Ordering::Relaxed),
             })
             .collect();
+        let now_ms = crate::reading::wall_ms();
+        let modbus = t
+            .modbus_devices()
+            .iter()
+            .map(|d| {
+                let last = d.last_answer_ms.load(Ordering::Relaxed);
+                ModbusDeviceStatus {
+                    source: d.source.clone(),
+                    unit: d.unit,
+                    sensor: d.sensor.clone(),
+                    up: d.up.load(Ordering::Relaxed),
+                    requests: d.requests.load(Ordering::Relaxed),
+                    answers: d.answers.load(Ordering::Relaxed),
+                    readings: d.readings.load(Ordering::Relaxed),
+                    errors: d
+                        .errors()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                    last_answer_age_s: (last > 0)
+                        .then(|| u64::try_from(now_ms.saturating_sub(last)).unwrap_or(0) / 1000),
+                }
+            })
+            .collect();
         let firing = t
             .firing()
             .into_iter()
@@ -168,6 +192,7 @@ impl HttpState {
                 reloads: t.rule_reloads.load(Ordering::Relaxed),
                 reload_errors: t.rule_reload_errors.load(Ordering::Relaxed),
             },
+            modbus,
         }
     }
 }

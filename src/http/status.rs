@@ -24,6 +24,28 @@ pub struct Status {
     pub sources: Vec<SourceStatus>,
     pub alerts: AlertsStatus,
     pub rules: RulesStatus,
+    /// Modbus devices, per `[[modbus]]` bus (absent from older gateways).
+    #[serde(default)]
+    pub modbus: Vec<ModbusDeviceStatus>,
+}
+
+/// One Modbus device: what was asked, what answered, what failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModbusDeviceStatus {
+    /// The `[[modbus]]` source (bus) it is on.
+    pub source: String,
+    pub unit: u8,
+    pub sensor: String,
+    /// True while every request of its last poll was answered.
+    pub up: bool,
+    pub requests: u64,
+    pub answers: u64,
+    pub readings: u64,
+    /// Failed requests by kind: `timeout`, `exception`, `bad_crc`,
+    /// `bad_frame`; values left out: `non_finite`.
+    pub errors: BTreeMap<String, u64>,
+    /// Seconds since its last good answer (null: none yet).
+    pub last_answer_age_s: Option<u64>,
 }
 
 /// Is the pipeline moving? The same signal as `/healthz` and the watchdog.
@@ -190,6 +212,16 @@ fn number(v: f64) -> String {
     if s == "-0" { "0".into() } else { s.into() }
 }
 
+/// `0`, or `3 (syntax 2, too_long 1)`.
+fn error_summary(errors: &BTreeMap<String, u64>) -> String {
+    let total: u64 = errors.values().sum();
+    if total == 0 {
+        return "0".to_string();
+    }
+    let kinds: Vec<String> = errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!("{total} ({})", kinds.join(", "))
+}
+
 /// The text `outpost status` prints.
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
@@ -283,14 +315,7 @@ pub fn render(s: &Status) -> String {
             "REOPENS".into(),
         ]];
         for src in &s.sources {
-            let total: u64 = src.errors.values().sum();
-            let errors = if total == 0 {
-                "0".to_string()
-            } else {
-                let kinds: Vec<String> =
-                    src.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                format!("{total} ({})", kinds.join(", "))
-            };
+            let errors = error_summary(&src.errors);
             let state = match (src.kind.as_str(), src.connected) {
                 ("simulate", _) => "running",
                 (_, true) => "connected",
@@ -309,6 +334,40 @@ pub fn render(s: &Status) -> String {
         table(&mut o, "  ", &rows);
     }
     o.push('\n');
+
+    if !s.modbus.is_empty() {
+        let _ = writeln!(o, "modbus devices");
+        let mut rows = vec![vec![
+            "SOURCE".into(),
+            "UNIT".into(),
+            "SENSOR".into(),
+            "STATE".into(),
+            "REQUESTS".into(),
+            "ANSWERS".into(),
+            "ERRORS".into(),
+            "LAST ANSWER".into(),
+        ]];
+        for d in &s.modbus {
+            let state = match (d.up, d.requests) {
+                (_, 0) => "waiting",
+                (true, _) => "ok",
+                (false, _) => "FAILING",
+            };
+            rows.push(vec![
+                d.source.clone(),
+                d.unit.to_string(),
+                d.sensor.clone(),
+                state.into(),
+                d.requests.to_string(),
+                d.answers.to_string(),
+                error_summary(&d.errors),
+                d.last_answer_age_s
+                    .map_or_else(|| "never".into(), |a| format!("{} ago", human_duration(a))),
+            ]);
+        }
+        table(&mut o, "  ", &rows);
+        o.push('\n');
+    }
 
     let f = &s.alerts.firing;
     if f.is_empty() {
@@ -423,6 +482,7 @@ mod tests {
                 reloads: 1,
                 reload_errors: 0,
             },
+            modbus: vec![],
         }
     }
 
@@ -447,6 +507,51 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn modbus_devices_are_listed_with_their_errors_by_kind() {
+        let mut s = sample();
+        s.modbus = vec![
+            ModbusDeviceStatus {
+                source: "rs485".into(),
+                unit: 1,
+                sensor: "probe/1".into(),
+                up: true,
+                requests: 120,
+                answers: 120,
+                readings: 240,
+                errors: BTreeMap::new(),
+                last_answer_age_s: Some(2),
+            },
+            ModbusDeviceStatus {
+                source: "rs485".into(),
+                unit: 2,
+                sensor: "meter/1".into(),
+                up: false,
+                requests: 130,
+                answers: 99,
+                readings: 990,
+                errors: BTreeMap::from([("timeout".into(), 30), ("bad_crc".into(), 1)]),
+                last_answer_age_s: Some(70),
+            },
+        ];
+        let text = render(&s);
+        for want in [
+            "modbus devices",
+            "SOURCE  UNIT  SENSOR   STATE    REQUESTS  ANSWERS  ERRORS                      LAST ANSWER",
+            "rs485   1     probe/1  ok       120       120      0                           2s ago",
+            "rs485   2     meter/1  FAILING  130       99       31 (bad_crc 1, timeout 30)  1m 10s ago",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        // A document from a gateway without Modbus still parses.
+        let mut json: serde_json::Value = serde_json::to_value(sample()).unwrap();
+        json.as_object_mut().unwrap().remove("modbus");
+        assert_eq!(
+            serde_json::from_value::<Status>(json).unwrap().modbus,
+            vec![]
+        );
     }
 
     #[test]

@@ -103,6 +103,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         action_routes.insert(cfg.name.clone(), tx);
         sources.spawn(source::mqtt::run(cfg, c, rx));
     }
+    for cfg in config.modbus.clone() {
+        let c = ctx(&cfg.name, "modbus");
+        let devices = cfg
+            .devices
+            .iter()
+            .map(|d| telemetry.modbus_device(&cfg.name, d.unit, &d.sensor))
+            .collect();
+        sources.spawn(source::modbus::run(cfg, c, devices));
+    }
     for cfg in config.simulate.clone() {
         let c = ctx(&cfg.name, "simulate");
         sources.spawn(source::simulate::run(cfg, c));

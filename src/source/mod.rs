@@ -8,6 +8,7 @@
 //! Lost devices and brokers are states with backoff, never fatal errors.
 
 pub mod lines;
+pub mod modbus;
 pub mod mqtt;
 pub mod serial;
 pub mod simulate;

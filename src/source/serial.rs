@@ -8,6 +8,7 @@
 //! when it is missing (at start or later), and when it has been silent for
 //! `reopen_after_silence`.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use super::SourceContext;
 use super::lines::{Line, LineSplitter};
 use crate::backoff::{Backoff, jitter};
 use crate::cancel::sleep_or_cancel;
-use crate::config::{FlowControl, Parity, SerialConfig};
+use crate::config::{FlowControl, LineSettings, Parity, SerialConfig};
 use crate::payload::{self, ParseContext, ParseError};
 use crate::reading::{Reading, wall_ms};
 
@@ -27,24 +28,29 @@ use crate::reading::{Reading, wall_ms};
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 fn open(cfg: &SerialConfig) -> tokio_serial::Result<SerialStream> {
-    let builder = tokio_serial::new(cfg.path.to_string_lossy(), cfg.baud)
-        .data_bits(match cfg.data_bits {
+    open_port(&cfg.path, &cfg.line())
+}
+
+/// Opens `path` with the line settings (shared with Modbus RTU buses).
+pub(super) fn open_port(path: &Path, line: &LineSettings) -> tokio_serial::Result<SerialStream> {
+    let builder = tokio_serial::new(path.to_string_lossy(), line.baud)
+        .data_bits(match line.data_bits {
             5 => tokio_serial::DataBits::Five,
             6 => tokio_serial::DataBits::Six,
             7 => tokio_serial::DataBits::Seven,
             _ => tokio_serial::DataBits::Eight,
         })
-        .parity(match cfg.parity {
+        .parity(match line.parity {
             Parity::None => tokio_serial::Parity::None,
             Parity::Odd => tokio_serial::Parity::Odd,
             Parity::Even => tokio_serial::Parity::Even,
         })
-        .stop_bits(if cfg.stop_bits == 2 {
+        .stop_bits(if line.stop_bits == 2 {
             tokio_serial::StopBits::Two
         } else {
             tokio_serial::StopBits::One
         })
-        .flow_control(match cfg.flow_control {
+        .flow_control(match line.flow_control {
             FlowControl::None => tokio_serial::FlowControl::None,
             FlowControl::Software => tokio_serial::FlowControl::Software,
             FlowControl::Hardware => tokio_serial::FlowControl::Hardware,

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use outpost::config::Config;
 use outpost::reading::Reading;
+use outpost::source::modbus::{decode, frame};
 use outpost::source::{mqtt, serial};
 
 const RECEIVED: i64 = 1_795_687_200_000; // 2026-11-26T10:00:00Z
@@ -241,6 +242,74 @@ fn the_example_rules_match_the_example_metrics() {
         vec![
             ("plug-overload".to_string(), "ENERGY.Power".to_string()),
             ("too-hot".to_string(), "BME280.Temperature".to_string()),
+        ]
+    );
+}
+
+/// A Modbus answer, as the device sends it (CRC included), decoded for the
+/// first request the example config makes of `unit` on its first bus.
+fn modbus_answer(cfg: &Config, unit: u8, answer: &str) -> (Vec<decode::Block>, Vec<Reading>) {
+    let device = cfg.modbus[0]
+        .devices
+        .iter()
+        .find(|d| d.unit == unit)
+        .expect("unit");
+    let blocks = decode::plan(device);
+    let bytes: Vec<u8> = answer
+        .split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let frame::RtuCheck::Data(data) = frame::check_rtu(&blocks[0].request, &bytes) else {
+        panic!("{answer} is not the answer to {:?}", blocks[0].request);
+    };
+    let mut out = Vec::new();
+    let bad = decode::decode_block(device, &blocks[0], data, RECEIVED, &mut out);
+    assert!(bad.is_empty(), "{bad:?}");
+    (blocks, out)
+}
+
+#[test]
+fn sht20_rs485_probes_answer_temperature_and_humidity_in_one_request() {
+    let cfg = load("sht20-rs485.toml");
+    assert_eq!(cfg.modbus[0].devices.len(), 2);
+    // Read input registers 1-2 of unit 1: 01 04 00 01 00 02 20 0B.
+    let (blocks, r) = modbus_answer(&cfg, 1, "01 04 04 01 0b 01 90 8a 46");
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(
+        blocks[0].request.rtu(),
+        [0x01, 0x04, 0x00, 0x01, 0x00, 0x02, 0x20, 0x0B]
+    );
+    assert_eq!(
+        triples(&r),
+        vec![
+            t("greenhouse/probe-1", "humidity", 40.0),
+            t("greenhouse/probe-1", "temperature", 26.7)
+        ]
+    );
+}
+
+#[test]
+fn sdm120_floats_are_read_high_word_first_in_three_requests() {
+    let cfg = load("sdm120.toml");
+    let (blocks, r) = modbus_answer(
+        &cfg,
+        1,
+        "01 04 40 43 66 80 00 00 00 00 00 00 00 00 00 40 d3 85 1f 00 00 00 00 00 00 00 00 \
+         44 be 0c cd 00 00 00 00 00 00 00 00 44 be a0 00 00 00 00 00 00 00 00 00 c2 f1 00 00 \
+         00 00 00 00 00 00 00 00 3f 7f 3b 64 c6 10",
+    );
+    let spans: Vec<String> = blocks.iter().map(decode::Block::registers).collect();
+    assert_eq!(spans, ["input 0-31", "input 70-75", "input 342-343"]);
+    let f = |v: f32| f64::from(v);
+    assert_eq!(
+        triples(&r),
+        vec![
+            t("pumphouse/mains", "apparent_power", 1525.0),
+            t("pumphouse/mains", "current", f(6.61)),
+            t("pumphouse/mains", "power", f(1520.4)),
+            t("pumphouse/mains", "power_factor", f(0.997)),
+            t("pumphouse/mains", "reactive_power", -120.5),
+            t("pumphouse/mains", "voltage", 230.5),
         ]
     );
 }

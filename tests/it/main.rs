@@ -19,6 +19,8 @@ mod faults;
 /// The HTTP endpoint under a socket flood: the alerts keep their file
 /// descriptors.
 mod flood;
+/// Modbus RTU and TCP devices (pymodbus) through the binary.
+mod modbus;
 /// The commands that need no broker and no running gateway.
 mod offline;
 /// The outbox's promises with links broken and processes killed.

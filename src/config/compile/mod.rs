@@ -5,6 +5,7 @@
 //! Files are read only through [`Files`].
 
 mod broker;
+mod modbus;
 mod sections;
 
 use std::collections::{BTreeMap, HashSet};
@@ -107,6 +108,13 @@ pub fn compile(path: &Path, text: &str, files: &dyn Files) -> Result<Config, Dia
             mqtt.push(m);
         }
     }
+    let mut modbus = Vec::new();
+    let mut modbus_metrics = modbus::Metrics::new();
+    for (i, v) in c.array(sections.get("modbus").copied(), "modbus") {
+        if let Some(m) = c.modbus(&v, i, &mut modbus_metrics) {
+            modbus.push(m);
+        }
+    }
     let mut simulate = Vec::new();
     for (i, v) in c.array(sections.get("simulate").copied(), "simulate") {
         if let Some(s) = c.de::<RawSimulate>(&v).and_then(|raw| c.simulate(raw, i)) {
@@ -141,6 +149,7 @@ pub fn compile(path: &Path, text: &str, files: &dyn Files) -> Result<Config, Dia
             serial,
             mqtt,
             simulate,
+            modbus,
             rules,
             warnings,
         }),

@@ -1,6 +1,6 @@
 //! Each section of `outpost.toml` compiled: `[gateway]`, `[upstream]`,
 //! `[homeassistant]`, `[outbox]`, `[http]`, `[[serial]]`, `[[mqtt]]`,
-//! `[[simulate]]`.
+//! `[[simulate]]` (`[[modbus]]` is in `modbus.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,8 +13,8 @@ use super::super::raw::{
 };
 use super::super::units;
 use super::super::{
-    FlowControl, FlushPolicy, GatewayConfig, HomeAssistantConfig, HttpConfig, MqttSourceConfig,
-    OutboxConfig, Parity, SerialConfig, SimulateConfig, UpstreamConfig,
+    FlushPolicy, GatewayConfig, HomeAssistantConfig, HttpConfig, MqttSourceConfig, OutboxConfig,
+    SerialConfig, SimulateConfig, UpstreamConfig,
 };
 use super::{Compiler, valid_id};
 use crate::alert::DEFAULT_MAX_PAYLOAD;
@@ -211,27 +211,15 @@ impl Compiler<'_, '_> {
             );
             ok = false;
         }
-        let baud = raw.baud.map_or(115_200, |b| {
-            if *b.get_ref() == 0 {
-                self.err(b.span(), "baud must be greater than zero");
-                ok = false;
-            }
-            b.into_inner()
-        });
-        let data_bits = raw.data_bits.map_or(8, |b| {
-            if !(5..=8).contains(b.get_ref()) {
-                self.err(b.span(), "data_bits must be 5, 6, 7 or 8");
-                ok = false;
-            }
-            b.into_inner()
-        });
-        let stop_bits = raw.stop_bits.map_or(1, |b| {
-            if !(1..=2).contains(b.get_ref()) {
-                self.err(b.span(), "stop_bits must be 1 or 2");
-                ok = false;
-            }
-            b.into_inner()
-        });
+        let line = self.line(
+            raw.baud,
+            raw.data_bits,
+            raw.parity,
+            raw.stop_bits,
+            raw.flow_control,
+            115_200,
+            &mut ok,
+        );
         let max_line = raw.max_line.map_or(4096, |m| {
             if !(16..=1 << 20).contains(m.get_ref()) {
                 self.err(m.span(), "max_line must be between 16 and 1048576");
@@ -249,11 +237,11 @@ impl Compiler<'_, '_> {
         ok.then(|| SerialConfig {
             name: name.into_inner(),
             path: PathBuf::from(raw.path.into_inner()),
-            baud,
-            data_bits,
-            parity: raw.parity.unwrap_or(Parity::None),
-            stop_bits,
-            flow_control: raw.flow_control.unwrap_or(FlowControl::None),
+            baud: line.baud,
+            data_bits: line.data_bits,
+            parity: line.parity,
+            stop_bits: line.stop_bits,
+            flow_control: line.flow_control,
             format,
             sensor,
             columns,

@@ -7,7 +7,8 @@
 //! its broker that can break the link in the ways real links break
 //! (`proxy`), MQTT clients that observe what arrives (`subscriber`),
 //! certificates made with `openssl` (`pki`), a plain HTTP client for the
-//! gateway's endpoint (`http`), the configs tests write (`config`), the
+//! gateway's endpoint (`http`), pymodbus's Modbus server (`modbus`), the
+//! configs tests write (`config`), the
 //! setups most tests share (`rig`), storage faults made for real: a small
 //! filesystem to fill, an outbox's files to damage (`storage`), and a
 //! process's file descriptors and their limit (`fds`). Each test owns its
@@ -23,6 +24,7 @@ pub mod config;
 pub mod fds;
 pub mod gateway;
 pub mod http;
+pub mod modbus;
 pub mod pki;
 pub mod process;
 pub mod proxy;
@@ -38,6 +40,7 @@ use std::time::{Duration, Instant};
 pub use broker::{Mosquitto, MosquittoOpts, password_file};
 pub use config::{Config, HOT_RULE, reading};
 pub use gateway::{Gateway, Launch, Output, check, run_outpost};
+pub use modbus::ModbusServer;
 pub use pki::Pki;
 pub use process::{free_port, port_accepts, status_kib};
 pub use proxy::{Proxy, assert_backs_off};

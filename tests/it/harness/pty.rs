@@ -79,6 +79,12 @@ impl Pty {
         &self.gw_link
     }
 
+    /// The other end, for a test-side program that opens it itself (a
+    /// Modbus server).
+    pub fn test_path(&self) -> PathBuf {
+        self.test_link.clone()
+    }
+
     /// The `/dev/pts/N` behind `path()`.
     pub fn device(&self) -> PathBuf {
         fs::canonicalize(&self.gw_link).expect("pty link")
