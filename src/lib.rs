@@ -19,6 +19,7 @@ pub mod logging;
 pub mod mqtt;
 pub mod outbox;
 pub mod payload;
+pub mod push;
 pub mod reading;
 pub mod rules;
 pub mod runtime;

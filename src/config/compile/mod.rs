@@ -5,6 +5,7 @@
 //! Files are read only through [`Files`].
 
 mod broker;
+mod remote;
 mod sections;
 
 use std::collections::{BTreeMap, HashSet};
@@ -15,11 +16,11 @@ use toml::de::DeValue;
 
 use super::files::Files;
 use super::raw::{
-    RawGateway, RawHomeAssistant, RawHttp, RawMqtt, RawOutbox, RawSerial, RawSimulate, RawUpstream,
-    SECTIONS,
+    RawGateway, RawHomeAssistant, RawHttp, RawMqtt, RawOutbox, RawRemote, RawSerial, RawSimulate,
+    RawUpstream, SECTIONS,
 };
 use super::rules_file::{Places, load_rules_placed};
-use super::{BrokerUrl, Config, HttpConfig, MqttSourceConfig, OutboxConfig};
+use super::{BrokerUrl, Config, HttpConfig, MqttSourceConfig, OutboxConfig, RemoteConfig};
 use crate::diagnostic::{Diagnostic, Diagnostics, Source, deserialize_lenient};
 use crate::rules::Rule;
 use crate::tls;
@@ -84,6 +85,13 @@ pub fn compile(path: &Path, text: &str, files: &dyn Files) -> Result<Config, Dia
             u.homeassistant = ha;
         }
     }
+    let remote = match sections.get("remote") {
+        Some(v) => c
+            .de::<RawRemote>(v)
+            .map(|raw| c.remote(raw, v.span(), upstream.is_some()))
+            .unwrap_or_default(),
+        None => RemoteConfig::default(),
+    };
     let outbox = match sections.get("outbox") {
         Some(v) => c.de::<RawOutbox>(v).and_then(|raw| c.outbox(raw)),
         None => Some(OutboxConfig::default()),
@@ -141,6 +149,7 @@ pub fn compile(path: &Path, text: &str, files: &dyn Files) -> Result<Config, Dia
             serial,
             mqtt,
             simulate,
+            remote,
             rules,
             warnings,
         }),
