@@ -158,6 +158,87 @@ impl Target {
     }
 }
 
+/// What to do with a push that was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// Validate it, and apply it if valid.
+    Apply,
+    /// The push in force, sent again: answer `applied`, `unchanged`.
+    Unchanged,
+    /// Refuse it, with why (answered).
+    Refuse(outcome::Reason, String),
+    /// An older retained push, delivered on subscribing (another topic's,
+    /// or one a newer push replaced): not answered, so that it cannot
+    /// overwrite the answer to the newer one.
+    Ignore,
+}
+
+/// The last push a gateway accepted: its version and rules, and whether
+/// they are in force (they may not be, when the local rules changed under
+/// them while the gateway was stopped).
+#[derive(Debug, Clone, Copy)]
+pub struct Last<'a> {
+    pub version: &'a Version,
+    pub rules: &'a str,
+    pub in_force: bool,
+}
+
+/// Whether `push` (received for `target`, `retained` or live) may be
+/// applied, given the gateway's public key and the last push it accepted.
+///
+/// - With a key, the signature must be one of it over the push.
+/// - A version above the last accepted one is applied (if valid); the same
+///   version with the same rules again is `Unchanged` when in force (and
+///   tried again when not); anything else is refused as `not_newer`, or
+///   ignored when it was delivered retained.
+pub fn judge(
+    push: &Push,
+    target: &Target,
+    key: Option<&sign::PublicKey>,
+    last: Option<Last<'_>>,
+    retained: bool,
+) -> Judgement {
+    use outcome::Reason;
+    if let Some(key) = key {
+        let message = sign::signed_message(target, &push.version, &push.rules);
+        if let Err(e) = key.verify(&message, push.signature.as_deref()) {
+            let reason = match e {
+                sign::SignatureError::Missing => Reason::Unsigned,
+                _ => Reason::BadSignature,
+            };
+            return Judgement::Refuse(reason, e.to_string());
+        }
+    }
+    let Some(last) = last else {
+        return Judgement::Apply;
+    };
+    if push.version > *last.version {
+        return Judgement::Apply;
+    }
+    if push.version == *last.version && push.rules == last.rules {
+        return if last.in_force {
+            Judgement::Unchanged
+        } else {
+            Judgement::Apply
+        };
+    }
+    if retained {
+        return Judgement::Ignore;
+    }
+    let why = if push.version == *last.version {
+        format!(
+            "version {} was accepted already, with other rules; push them under a higher version",
+            push.version
+        )
+    } else {
+        format!(
+            "version {} is older than version {}, the last one accepted; push under a higher version",
+            push.version, last.version
+        )
+    };
+    Judgement::Refuse(Reason::NotNewer, why)
+}
+
 /// `{prefix}/rules/set`: pushes for one gateway.
 pub fn set_topic(prefix: &str) -> String {
     format!("{prefix}/rules/set")
@@ -240,6 +321,129 @@ mod tests {
         let at_bound = format!(r#"{{"version":"1","rules":"{rules}"}}"#);
         assert!(at_bound.len() <= MAX_PUSH_BYTES);
         assert!(Push::parse(at_bound.as_bytes()).is_ok());
+    }
+
+    mod judging {
+        use super::super::outcome::Reason;
+        use super::super::sign::{SigningKey, signed_message};
+        use super::*;
+
+        fn key() -> SigningKey {
+            let mut der = vec![
+                0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+                0x04, 0x20,
+            ];
+            der.extend(1..=32u8);
+            SigningKey::from_pkcs8(&der).unwrap()
+        }
+
+        fn gw() -> Target {
+            Target::Gateway("gw1".into())
+        }
+
+        fn p(version: &str, rules: &str) -> Push {
+            Push {
+                version: Version::parse(version).unwrap(),
+                rules: rules.into(),
+                signature: None,
+                id: None,
+            }
+        }
+
+        fn signed(version: &str, rules: &str, target: &Target) -> Push {
+            let mut push = p(version, rules);
+            push.signature = Some(key().sign(&signed_message(target, &push.version, &push.rules)));
+            push
+        }
+
+        fn last<'a>(v: &'a Version, rules: &'a str, in_force: bool) -> Option<Last<'a>> {
+            Some(Last {
+                version: v,
+                rules,
+                in_force,
+            })
+        }
+
+        #[test]
+        fn a_first_push_and_a_newer_one_are_applied() {
+            assert_eq!(
+                judge(&p("1", "a"), &gw(), None, None, false),
+                Judgement::Apply
+            );
+            let seven = Version::parse("7").unwrap();
+            assert_eq!(
+                judge(&p("10", "b"), &gw(), None, last(&seven, "a", true), false),
+                Judgement::Apply,
+                "10 is newer than 7"
+            );
+        }
+
+        #[test]
+        fn an_older_version_never_replaces_a_newer_one() {
+            let ten = Version::parse("10").unwrap();
+            match judge(&p("9", "b"), &gw(), None, last(&ten, "a", true), false) {
+                Judgement::Refuse(Reason::NotNewer, why) => {
+                    assert!(why.contains("older than version 10"), "{why}")
+                }
+                other => panic!("{other:?}"),
+            }
+            match judge(&p("10", "b"), &gw(), None, last(&ten, "a", true), false) {
+                Judgement::Refuse(Reason::NotNewer, why) => {
+                    assert!(why.contains("with other rules"), "{why}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[test]
+        fn the_same_push_again_is_unchanged_or_tried_again_when_not_in_force() {
+            let ten = Version::parse("10").unwrap();
+            for retained in [false, true] {
+                assert_eq!(
+                    judge(&p("10", "a"), &gw(), None, last(&ten, "a", true), retained),
+                    Judgement::Unchanged
+                );
+            }
+            assert_eq!(
+                judge(&p("10", "a"), &gw(), None, last(&ten, "a", false), false),
+                Judgement::Apply
+            );
+        }
+
+        #[test]
+        fn an_older_retained_push_is_ignored_not_answered() {
+            let ten = Version::parse("10").unwrap();
+            for (v, r) in [("9", "a"), ("10", "b")] {
+                assert_eq!(
+                    judge(&p(v, r), &gw(), None, last(&ten, "a", true), true),
+                    Judgement::Ignore
+                );
+            }
+        }
+
+        #[test]
+        fn with_a_key_only_pushes_it_signed_for_this_target_are_taken() {
+            let k = key().public();
+            assert_eq!(
+                judge(&signed("1", "a", &gw()), &gw(), Some(&k), None, false),
+                Judgement::Apply
+            );
+            let refused = |push: &Push| match judge(push, &gw(), Some(&k), None, false) {
+                Judgement::Refuse(reason, _) => reason,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(refused(&p("1", "a")), Reason::Unsigned);
+            let mut changed = signed("1", "a", &gw());
+            changed.rules.push('b');
+            assert_eq!(refused(&changed), Reason::BadSignature);
+            let mut bumped = signed("1", "a", &gw());
+            bumped.version = Version::parse("2").unwrap();
+            assert_eq!(refused(&bumped), Reason::BadSignature);
+            let elsewhere = signed("1", "a", &Target::Group("north".into()));
+            assert_eq!(refused(&elsewhere), Reason::BadSignature);
+            // Without a key, a signature is not looked at.
+            assert_eq!(judge(&changed, &gw(), None, None, false), Judgement::Apply);
+        }
     }
 
     #[test]
