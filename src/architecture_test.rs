@@ -34,6 +34,7 @@ const PURE: &[&str] = &[
     "outbox/event.rs",
     "diagnostic.rs",
     "http/status.rs",
+    "push/",
 ];
 
 /// What the pure core must not name: I/O crates, the file system and

@@ -21,6 +21,7 @@ pub mod outbox;
 pub mod payload;
 pub mod push;
 pub mod reading;
+pub mod remote;
 pub mod rules;
 pub mod runtime;
 pub mod source;

@@ -249,20 +249,34 @@ mod tests {
         );
     }
 
+    fn rule(id: &str, above: f64) -> Rule {
+        use crate::rules::{Condition, Glob, Severity};
+        Rule {
+            id: id.into(),
+            sensor: Glob::new("*"),
+            metric: Glob::new("t"),
+            condition: Condition::Above {
+                threshold: above,
+                clear: None,
+            },
+            aggregate: None,
+            for_ms: 0,
+            repeat_ms: None,
+            severity: Severity::Warning,
+            message: None,
+            labels: Default::default(),
+            actions: vec![],
+        }
+    }
+
     #[test]
-    fn the_hash_names_the_compiled_set_whatever_its_order_or_formatting() {
-        let parse = |t: &str| crate::config::parse_rules(Path::new("r.toml"), t).unwrap();
-        let a = parse(
-            "[[rule]]\nid = \"a\"\nmetric = \"t\"\nabove = 1.0\n[[rule]]\nid = \"b\"\nmetric = \"t\"\nbelow = 0.0\n",
-        );
-        let b = parse(
-            "# reordered, reformatted\n[[rule]]\nid=\"b\"\nmetric=\"t\"\nbelow=0\n\n[[rule]]\nmetric=\"t\"\nid=\"a\"\nabove=1\n",
-        );
-        let c = parse(
-            "[[rule]]\nid = \"a\"\nmetric = \"t\"\nabove = 1.5\n[[rule]]\nid = \"b\"\nmetric = \"t\"\nbelow = 0.0\n",
-        );
+    fn the_hash_names_the_compiled_set_whatever_its_order() {
+        let a = [rule("a", 1.0), rule("b", 2.0)];
+        let b = [rule("b", 2.0), rule("a", 1.0)];
+        let c = [rule("a", 1.5), rule("b", 2.0)];
         assert_eq!(rules_hash(&a), rules_hash(&b));
         assert_ne!(rules_hash(&a), rules_hash(&c));
+        assert_ne!(rules_hash(&a), rules_hash(&a[..1]));
         let h = rules_hash(&[]);
         assert_eq!(
             h, "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",

@@ -1,18 +1,12 @@
 //! Signals: SIGTERM and SIGINT stop the gateway; SIGHUP reloads the rules.
 
-use std::sync::atomic::Ordering;
-
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use crate::config::Config;
-use crate::evaluator::Control;
-use crate::telemetry::Telemetry;
-
 /// Returns on SIGTERM or SIGINT (or when no handler can be installed).
-/// On SIGHUP the rules files are read again; a set that does not validate is
-/// refused whole and the old rules keep running.
-pub async fn wait(config: &Config, control: &mpsc::Sender<Control>, telemetry: &Telemetry) {
+/// On SIGHUP the rules keeper (`remote`) reads the rules files again; a set
+/// that does not validate is refused whole and the old rules keep running.
+pub async fn wait(reload: &mpsc::Sender<()>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -28,24 +22,9 @@ pub async fn wait(config: &Config, control: &mpsc::Sender<Control>, telemetry: &
             _ = int.recv() => { info!("SIGINT"); return; }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading rules");
-                let current = config.clone();
-                match tokio::task::spawn_blocking(move || current.reload_rules()).await {
-                    Ok(Ok(rules)) => {
-                        let n = rules.len();
-                        if control.send(Control::Reload(rules)).await.is_ok() {
-                            Telemetry::bump(&telemetry.rule_reloads);
-                            telemetry.rules_loaded.store(n as u64, Ordering::Relaxed);
-                            info!(rules = n, "rules reloaded");
-                        }
-                    }
-                    Ok(Err(diags)) => {
-                        Telemetry::bump(&telemetry.rule_reload_errors);
-                        for d in diags.iter() {
-                            error!(error = %d, "rules reload refused; the old rules keep running");
-                        }
-                    }
-                    Err(e) => error!(error = %e, "rules reload task failed"),
-                }
+                // Full: reloads are queued already, and the last one reads
+                // the files as they are now.
+                let _ = reload.try_send(());
             }
         }
     }
