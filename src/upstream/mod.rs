@@ -429,7 +429,7 @@ impl Upstream {
     /// keeper, at once (this loop never waits for it to be applied).
     fn on_publish(&self, p: rumqttc::Publish) {
         let Some(r) = &self.remote else { return };
-        if !r.topics.iter().any(|t| *t == p.topic) {
+        if !r.topics.contains(&p.topic) {
             return;
         }
         let push = crate::push::Incoming {
