@@ -3,7 +3,7 @@
 //! 2 invalid configuration; systemd does not restart on 2).
 //!
 //! One file per command group: `run.rs` (`run`, `check`), `status.rs`,
-//! `rules/` (`rules test`, `rules replay`) and `outbox.rs` (`outbox list`,
+//! `rules/` (`rules test`, `rules replay`, `rules push`, `rules keygen`) and `outbox.rs` (`outbox list`,
 //! `export`, `purge`). Nothing else in the crate depends on this module.
 
 mod outbox;
@@ -42,7 +42,7 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate the configuration and every rules file it names.
     Check(ConfigArg),
-    /// Test and replay rules offline, with no broker and no running gateway.
+    /// Test and replay rules offline; push them to gateways.
     #[command(subcommand)]
     Rules(RulesCommand),
     /// Inspect or empty the outbox of a stopped gateway.
@@ -63,6 +63,14 @@ pub struct StatusArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RulesCommand {
+    /// Push a rules file to a gateway (and wait for its answer) or to a
+    /// group, through the broker of the config's [upstream].
+    Push(rules::PushArgs),
+    /// Make an ed25519 key pair to sign pushes: FILE (private, 0600) and FILE.pub.
+    Keygen {
+        /// Where to write the private key (never over an existing file).
+        file: PathBuf,
+    },
     /// Run rule unit tests: readings in, the alerts expected out.
     Test {
         /// Test files (TOML).
@@ -104,6 +112,8 @@ pub fn main() -> ExitCode {
         Command::Outbox(c) => outbox::run(c),
         Command::Rules(RulesCommand::Test { files }) => rules::test(&files),
         Command::Rules(RulesCommand::Replay { rules, input }) => rules::replay(&rules, &input),
+        Command::Rules(RulesCommand::Push(a)) => rules::push(&a),
+        Command::Rules(RulesCommand::Keygen { file }) => rules::keygen(&file),
     };
     ExitCode::from(code)
 }

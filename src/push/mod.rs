@@ -329,12 +329,8 @@ mod tests {
         use super::*;
 
         fn key() -> SigningKey {
-            let mut der = vec![
-                0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
-                0x04, 0x20,
-            ];
-            der.extend(1..=32u8);
-            SigningKey::from_pkcs8(&der).unwrap()
+            let seed = std::array::from_fn(|i| i as u8 + 1);
+            SigningKey::from_pkcs8(&super::super::sign::pkcs8_from_seed(&seed)).unwrap()
         }
 
         fn gw() -> Target {

@@ -20,8 +20,8 @@
 //!   prints), or a PEM `PUBLIC KEY` (SubjectPublicKeyInfo, as `openssl pkey
 //!   -pubout` writes);
 //! - private key (`outpost rules push --key`): a PEM `PRIVATE KEY`
-//!   (PKCS#8, v1 as `openssl genpkey -algorithm ed25519` writes, or v2 as
-//!   `outpost rules keygen` does).
+//!   (PKCS#8 v1, as `outpost rules keygen` and `openssl genpkey -algorithm
+//!   ed25519` write it; v2, with the public key inside, is read too).
 //!
 //! A signature is the 64-byte ed25519 signature in base64.
 
@@ -41,6 +41,17 @@ const TAG: &[u8] = b"outpost-rules-push-v1\0";
 const SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
+
+/// The DER of a PKCS#8 v1 Ed25519 private key, before its 32-byte seed
+/// (RFC 8410; what `openssl genpkey -algorithm ed25519` writes).
+const PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// A private key as PKCS#8 v1 DER, from its 32-byte seed.
+pub fn pkcs8_from_seed(seed: &[u8; 32]) -> Vec<u8> {
+    [PKCS8_V1_PREFIX.as_slice(), seed.as_slice()].concat()
+}
 
 /// The bytes a push's signature signs.
 pub fn signed_message(target: &Target, version: &Version, rules: &str) -> Vec<u8> {
@@ -211,14 +222,30 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A fixed key (PKCS#8 v1 of seed 1..=32): tests need no randomness.
+    fn seed(first: u8) -> [u8; 32] {
+        std::array::from_fn(|i| first.wrapping_add(i as u8))
+    }
+
+    /// A fixed key (seed 1..=32): tests need no randomness.
     fn key() -> SigningKey {
-        let mut der = vec![
-            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
-            0x04, 0x20,
-        ];
-        der.extend(1..=32u8);
-        SigningKey::from_pkcs8(&der).unwrap()
+        SigningKey::from_pkcs8(&pkcs8_from_seed(&seed(1))).unwrap()
+    }
+
+    #[test]
+    fn a_known_seed_gives_its_known_public_key() {
+        // RFC 8032, section 7.1, TEST 1.
+        let mut sk = [0u8; 32];
+        for (i, b) in sk.iter_mut().enumerate() {
+            let hex = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        let k = SigningKey::from_pkcs8(&pkcs8_from_seed(&sk)).unwrap();
+        let mut want = [0u8; 32];
+        for (i, b) in want.iter_mut().enumerate() {
+            let hex = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        assert_eq!(k.public(), PublicKey(want));
     }
 
     fn v(s: &str) -> Version {
@@ -270,12 +297,7 @@ mod tests {
             k.public().verify(&other, Some(&sig)),
             Err(SignatureError::Mismatch)
         );
-        let mut der = vec![
-            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
-            0x04, 0x20,
-        ];
-        der.extend([9u8; 32]);
-        let stranger = SigningKey::from_pkcs8(&der).unwrap();
+        let stranger = SigningKey::from_pkcs8(&pkcs8_from_seed(&seed(9))).unwrap();
         assert_eq!(
             stranger.public().verify(&m, Some(&sig)),
             Err(SignatureError::Mismatch)
@@ -312,12 +334,7 @@ mod tests {
 
     #[test]
     fn private_keys_read_from_a_pem_private_key() {
-        let mut der = vec![
-            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
-            0x04, 0x20,
-        ];
-        der.extend(1..=32u8);
-        let k = SigningKey::from_pem(&pem("PRIVATE KEY", &der)).unwrap();
+        let k = SigningKey::from_pem(&pem("PRIVATE KEY", &pkcs8_from_seed(&seed(1)))).unwrap();
         assert_eq!(k.public(), key().public());
         assert!(SigningKey::from_pem("nothing here").is_err());
         assert!(SigningKey::from_pem(&pem("PRIVATE KEY", &[0x30, 0x00])).is_err());
