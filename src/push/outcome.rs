@@ -50,6 +50,22 @@ pub enum Reason {
     Storage,
 }
 
+impl Reason {
+    /// The name in the answer (`not_newer`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unchanged => "unchanged",
+            Reason::TooLarge => "too_large",
+            Reason::Malformed => "malformed",
+            Reason::Unsigned => "unsigned",
+            Reason::BadSignature => "bad_signature",
+            Reason::NotNewer => "not_newer",
+            Reason::Invalid => "invalid",
+            Reason::Storage => "storage",
+        }
+    }
+}
+
 /// One error, placed in the pushed text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorAt {
@@ -186,6 +202,22 @@ mod tests {
         );
         let back: Outcome = serde_json::from_str(&text).unwrap();
         assert_eq!(back, o);
+    }
+
+    #[test]
+    fn reasons_are_named_as_in_the_answer() {
+        for r in [
+            Reason::Unchanged,
+            Reason::TooLarge,
+            Reason::Malformed,
+            Reason::Unsigned,
+            Reason::BadSignature,
+            Reason::NotNewer,
+            Reason::Invalid,
+            Reason::Storage,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
     }
 
     #[test]

@@ -353,7 +353,7 @@ impl Keeper {
                 Some(self.outcome(&push, Verdict::Applied, Some(Reason::Unchanged), vec![]))
             }
             Judgement::Refuse(reason, why) => {
-                warn!(version = %push.version, %from, reason = ?reason, "rules push refused: {why}");
+                warn!(version = %push.version, %from, reason = reason.as_str(), "rules push refused: {why}");
                 Some(self.outcome(
                     &push,
                     Verdict::Refused,

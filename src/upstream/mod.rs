@@ -336,6 +336,7 @@ impl Upstream {
                         self.subscribe_rules(&client);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => self.on_publish(p),
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => self.on_suback(&ack),
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         if let Err(e) = tracker.outgoing(pkid) {
                             return End::Lost { connected, reason: format!("publish tracking lost sync: {e}") };
@@ -422,6 +423,23 @@ impl Upstream {
             .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
         if let Err(e) = client.try_subscribe_many(filters) {
             warn!(error = %e, "cannot subscribe to the rules topics; pushes wait for the next connection");
+        }
+    }
+
+    /// The broker's answer to the rules subscription (the only one).
+    fn on_suback(&self, ack: &rumqttc::SubAck) {
+        let Some(r) = &self.remote else { return };
+        let refused: Vec<&str> = r
+            .topics
+            .iter()
+            .zip(&ack.return_codes)
+            .filter(|(_, c)| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+            .map(|(t, _)| t.as_str())
+            .collect();
+        if refused.is_empty() {
+            info!(topics = ?r.topics, "subscribed to the rules topics");
+        } else {
+            warn!(topics = ?refused, "the broker refused the subscription to these rules topics: see its ACL");
         }
     }
 

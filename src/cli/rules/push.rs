@@ -286,11 +286,7 @@ fn report(o: &Outcome, rules: &Path) -> (u8, Vec<String>) {
                     o.errors_omitted
                 ));
             }
-            let reason = o
-                .reason
-                .and_then(|r| serde_json::to_value(r).ok())
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default();
+            let reason = o.reason.map_or("", Reason::as_str);
             lines.push(format!(
                 "gateway {} refused version {version} ({reason}); it keeps {in_force}",
                 o.gateway
