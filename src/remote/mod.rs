@@ -443,3 +443,211 @@ fn errors(diags: &Diagnostics) -> Vec<ErrorAt> {
         .map(|d| ErrorAt::from_diagnostic(d, name))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::sign::{SigningKey, pkcs8_from_seed, signed_message};
+    use crate::push::{Version, set_topic};
+
+    const HOT: &str = "[[rule]]\nid = \"hot\"\nmetric = \"t\"\nabove = 30.0\n";
+    const COLD: &str = "[[rule]]\nid = \"cold\"\nmetric = \"t\"\nbelow = 5.0\n";
+
+    fn key() -> SigningKey {
+        SigningKey::from_pkcs8(&pkcs8_from_seed(&[7; 32])).unwrap()
+    }
+
+    /// A config in `dir` taking pushes, with `remote` lines more.
+    fn config(dir: &Path, remote: &str) -> Config {
+        std::fs::write(dir.join("rules.toml"), HOT).unwrap();
+        let text = format!(
+            "[gateway]\nid = \"gw\"\nstate_dir = \"state\"\n[upstream]\nurl = \"mqtt://127.0.0.1:1\"\n[remote]\nrules = true\n{remote}"
+        );
+        let path = dir.join("outpost.toml");
+        std::fs::write(&path, text).unwrap();
+        let c = Config::load(&path).unwrap();
+        std::fs::create_dir_all(&c.gateway.state_dir).unwrap();
+        c
+    }
+
+    fn push(version: &str, rules: &str, signed_by: Option<&SigningKey>) -> Push {
+        let version = Version::parse(version).unwrap();
+        let signature = signed_by.map(|k| {
+            k.sign(&signed_message(
+                &Target::Gateway("gw".into()),
+                &version,
+                rules,
+            ))
+        });
+        Push {
+            version,
+            rules: rules.into(),
+            signature,
+            id: Some("t1".into()),
+        }
+    }
+
+    fn store(c: &Config, p: Push) {
+        let stored = Stored {
+            target: "gateway:gw".into(),
+            push: p,
+        };
+        store::save(&c.gateway.state_dir, &stored).unwrap();
+    }
+
+    fn ids(rules: &[Rule]) -> Vec<&str> {
+        rules.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    #[test]
+    fn the_stored_push_starts_with_the_local_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), "");
+        store(&c, push("3", COLD, None));
+        let t = Arc::new(Telemetry::new());
+        let (_, rules) = Keeper::start(c, t.clone());
+        assert_eq!(ids(&rules), ["hot", "cold"]);
+        let r = t.rules_in_force();
+        assert_eq!((r.version.as_deref(), r.pushed), (Some("3"), 1));
+        assert_eq!(r.hash, rules_hash(&rules));
+        assert_eq!(t.rules_loaded.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_stored_push_the_key_did_not_sign_is_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = key().public().to_base64();
+        let c = config(dir.path(), &format!("public_key = \"{public}\"\n"));
+        let other = SigningKey::from_pkcs8(&pkcs8_from_seed(&[8; 32])).unwrap();
+        for p in [push("3", COLD, None), push("3", COLD, Some(&other))] {
+            store(&c, p);
+            let (_, rules) = Keeper::start(c.clone(), Arc::new(Telemetry::new()));
+            assert_eq!(ids(&rules), ["hot"]);
+        }
+        store(&c, push("3", COLD, Some(&key())));
+        let (_, rules) = Keeper::start(c, Arc::new(Telemetry::new()));
+        assert_eq!(ids(&rules), ["hot", "cold"]);
+    }
+
+    #[test]
+    fn with_remote_off_a_stored_push_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), "");
+        store(&c, push("3", COLD, None));
+        c.remote.rules = false;
+        let (_, rules) = Keeper::start(c, Arc::new(Telemetry::new()));
+        assert_eq!(ids(&rules), ["hot"]);
+    }
+
+    struct Running {
+        pushes: mpsc::Sender<Incoming>,
+        control: mpsc::Receiver<Control>,
+        results: mpsc::Receiver<Vec<u8>>,
+        _reloads: mpsc::Sender<()>,
+    }
+
+    fn run(c: Config) -> Running {
+        let (keeper, _) = Keeper::start(c, Arc::new(Telemetry::new()));
+        let (pushes, pushes_rx) = mpsc::channel(8);
+        let (reloads, reloads_rx) = mpsc::channel(1);
+        let (control_tx, control) = mpsc::channel(8);
+        let (results_tx, results) = mpsc::channel(8);
+        tokio::spawn(keeper.run(
+            Links {
+                pushes: pushes_rx,
+                reloads: reloads_rx,
+                control: control_tx,
+                results: results_tx,
+            },
+            CancellationToken::new(),
+        ));
+        Running {
+            pushes,
+            control,
+            results,
+            _reloads: reloads,
+        }
+    }
+
+    impl Running {
+        /// Hands a push over without waiting for an answer.
+        async fn hand(&mut self, payload: Vec<u8>, retained: bool) {
+            let topic = set_topic("outpost/gw");
+            let push = Incoming {
+                topic,
+                payload,
+                retained,
+            };
+            self.pushes.send(push).await.unwrap();
+        }
+
+        /// Hands a push over; the next answer.
+        async fn send(&mut self, payload: Vec<u8>, retained: bool) -> Outcome {
+            self.hand(payload, retained).await;
+            let answer = self.results.recv().await.unwrap();
+            serde_json::from_slice(&answer).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_is_stored_before_it_is_applied_and_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), "");
+        let state = c.gateway.state_dir.clone();
+        let stored_version = || store::load(&state).unwrap().unwrap().push.version;
+        let mut k = run(c);
+        let o = k.send(push("1", COLD, None).to_payload(), false).await;
+        assert_eq!((o.result, o.reason), (Verdict::Applied, None));
+        assert_eq!((o.rules, o.pushed), (2, 1));
+        assert_eq!(o.in_force.as_deref(), Some("1"));
+        let Some(Control::Reload(rules)) = k.control.recv().await else {
+            panic!("no reload")
+        };
+        assert_eq!(ids(&rules), ["hot", "cold"]);
+        assert_eq!(o.hash, rules_hash(&rules));
+        assert_eq!(stored_version().as_str(), "1");
+
+        // Refused ones change nothing and are answered with why.
+        let bad = push("2", "[[rule]]\nid = \"x\"\nmetric = \"t\"\n", None);
+        let o = k.send(bad.to_payload(), false).await;
+        assert_eq!(
+            (o.result, o.reason),
+            (Verdict::Refused, Some(Reason::Invalid))
+        );
+        assert_eq!((o.errors[0].line, o.errors[0].col), (2, 6));
+        assert_eq!(o.in_force.as_deref(), Some("1"));
+        let o = k.send(b"{\"version\":1}".to_vec(), false).await;
+        assert_eq!((o.reason, o.version), (Some(Reason::Malformed), None));
+        let o = k.send(vec![b' '; push::MAX_PUSH_BYTES + 1], false).await;
+        assert_eq!(o.reason, Some(Reason::TooLarge));
+        // An older retained push is not answered, an empty message neither:
+        // the next answer is the one to the push after them.
+        k.hand(push("0", COLD, None).to_payload(), true).await;
+        k.hand(Vec::new(), false).await;
+        let mut again = push("1", COLD, None);
+        again.id = Some("t2".into());
+        let o = k.send(again.to_payload(), false).await;
+        assert_eq!(
+            (o.id.as_deref(), o.reason),
+            (Some("t2"), Some(Reason::Unchanged))
+        );
+        assert!(k.control.try_recv().is_err(), "nothing was reloaded");
+        assert_eq!(stored_version().as_str(), "1");
+    }
+
+    #[tokio::test]
+    async fn a_push_that_cannot_be_stored_is_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), "");
+        std::fs::remove_dir_all(&c.gateway.state_dir).unwrap();
+        let mut k = run(c);
+        let o = k.send(push("1", COLD, None).to_payload(), false).await;
+        assert_eq!(
+            (o.result, o.reason),
+            (Verdict::Refused, Some(Reason::Storage))
+        );
+        let e = &o.errors[0].message;
+        assert!(e.starts_with("cannot store the pushed rules in "), "{e}");
+        assert!(k.control.try_recv().is_err(), "nothing was reloaded");
+    }
+}

@@ -592,3 +592,75 @@ fn the_readme_acl_lets_only_the_operator_push() {
         gw.log()
     );
 }
+
+#[test]
+fn a_sighup_keeps_the_pushed_set_and_a_local_clash_at_start_is_answered_not_fatal() {
+    let dir = tempdir();
+    let d = dir.path();
+    let up = Mosquitto::start();
+    let mut alerts = Subscriber::connect(up.port(), "outpost/test-gw/alerts/#");
+    let mut results = Subscriber::connect(up.port(), "outpost/test-gw/rules/result");
+    let mut gw = start(d, Launch::default().http(), &config(&up, "test-gw", ""));
+    fs::write(d.join("cold.toml"), COLD).unwrap();
+    let out = push(d, &["--gateway", "test-gw", "--version", "1", "cold.toml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let reloads = |gw: &Gateway| gw.run_log().matches("rules reloaded").count();
+
+    // A local rule more: the reload keeps the pushed rule.
+    let warm = "[[rule]]\nid = \"warm\"\nsensor = \"*\"\nmetric = \"temperature\"\nabove = 25.0\n";
+    fs::write(d.join("rules.toml"), format!("{HOT_RULE}\n{warm}")).unwrap();
+    gw.sighup();
+    poll_until(WAIT, "the reload", || (reloads(&gw) == 1).then_some(()));
+    let r = status_rules(gw.http_port());
+    assert_eq!(
+        (r["version"].as_str(), r["pushed"].as_u64()),
+        (Some("1"), Some(1))
+    );
+    alert(&mut alerts, &up, "freezer", 2.0, "firing");
+
+    // A local rule with the pushed rule's id: refused whole, nothing changes.
+    fs::write(d.join("rules.toml"), format!("{HOT_RULE}\n{COLD}")).unwrap();
+    gw.sighup();
+    let line = gw.wait_log(WAIT, "rules reload refused");
+    assert!(
+        line.contains("rule id `cold` is already defined by this gateway's local rules"),
+        "{line}"
+    );
+    assert_eq!(
+        status_rules(gw.http_port())["loaded"],
+        3,
+        "hot, warm, and the pushed cold"
+    );
+
+    // Started with the clash: the local rules run alone, and the pusher is told.
+    gw.stop();
+    gw.restart();
+    gw.wait_log(WAIT, SUBSCRIBED);
+    let refusal = results.wait_for(WAIT, "the refusal at start", |m| {
+        m.json()["result"] == "refused"
+    });
+    let v = refusal.json();
+    assert_eq!(
+        (v["version"].as_str(), v["reason"].as_str()),
+        (Some("1"), Some("invalid"))
+    );
+    assert_eq!(v["in_force"], Value::Null);
+    assert_eq!(
+        (
+            v["errors"][0]["line"].as_u64(),
+            v["errors"][0]["col"].as_u64()
+        ),
+        (Some(2), Some(6))
+    );
+    assert_eq!(status_rules(gw.http_port())["version"], Value::Null);
+
+    // Fixed locally: a SIGHUP brings the stored pushed set back.
+    fs::write(d.join("rules.toml"), HOT_RULE).unwrap();
+    gw.sighup();
+    poll_until(WAIT, "the reload", || (reloads(&gw) == 1).then_some(()));
+    let r = status_rules(gw.http_port());
+    assert_eq!(
+        (r["version"].as_str(), r["loaded"].as_u64()),
+        (Some("1"), Some(2))
+    );
+}
