@@ -79,7 +79,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (durable_tx, durable_rx) = watch::channel(outbox.next_seq().saturating_sub(1));
     let (control_tx, control_rx) = mpsc::channel::<Control>(4);
     let (reload_tx, reload_rx) = mpsc::channel::<()>(4);
-    let (pushes_tx, pushes_rx) = mpsc::channel::<crate::push::Incoming>(8);
+    // Room for the retained push of every rules topic at once (they all
+    // arrive on subscribing), and a few live ones: at most that many times
+    // 256 KiB wait for the keeper.
+    let pushes_queue = config.remote.groups.len() + 1 + 4;
+    let (pushes_tx, pushes_rx) = mpsc::channel::<crate::push::Incoming>(pushes_queue);
     let (results_tx, results_rx) = mpsc::channel::<Vec<u8>>(16);
 
     let sources_cancel = CancellationToken::new();
