@@ -444,6 +444,22 @@ fn push_check_refuses_what_check_would_and_publishes_nothing() {
         "a push client connected:\n{}",
         up.log()
     );
+
+    // No broker where the config says: exit 1, saying so, at once.
+    let dead = free_port().unwrap();
+    let cfg = config(&up, "test-gw", "").replace(&up.url(), &format!("mqtt://127.0.0.1:{dead}"));
+    fs::write(d.join("outpost.toml"), cfg).unwrap();
+    fs::write(d.join("cold.toml"), COLD).unwrap();
+    let t0 = std::time::Instant::now();
+    let out = push(d, &["--gateway", "test-gw", "--version", "1", "cold.toml"]);
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    let want = format!("mqtt://127.0.0.1:{dead}: ");
+    assert!(out.stderr.starts_with(&want), "{}", out.all());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
