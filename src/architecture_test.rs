@@ -34,6 +34,7 @@ const PURE: &[&str] = &[
     "outbox/event.rs",
     "diagnostic.rs",
     "http/status.rs",
+    "http/limits.rs",
     "push/",
 ];
 

@@ -38,7 +38,7 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(300);
 const READINGS_PER_GO: usize = 1024;
 /// Drafts handed over in one batch at most: what waits between the
 /// evaluator and the writer is bounded in alerts, not only in batches.
-const DRAFTS_PER_BATCH: usize = 1024;
+pub const DRAFTS_PER_BATCH: usize = 1024;
 
 /// What the runtime tells the evaluator.
 pub enum Control {

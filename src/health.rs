@@ -8,7 +8,8 @@
 //!  "upstream":{"connected":true,"reconnects":2},
 //!  "outbox":{"depth":0,"bytes":0,"oldest_age_s":null,"next_seq":43,
 //!            "dropped":{"info":0,"warning":0,"critical":0,"total":0},
-//!            "events_pending":0,"errors":0,"flushes":40},
+//!            "events_pending":0,"errors":0,"flushes":40,
+//!            "unstored":0,"disk_bytes":1081344,"storage_error":null},
 //!  "alerts":{"created":42,"published":42,"acknowledged":42},
 //!  "sources":[{"name":"bench","kind":"serial","connected":true,
 //!              "messages":120,"readings":240,"errors":{"syntax":1},"reopens":0}],
@@ -65,6 +66,12 @@ pub struct OutboxHealth {
     pub events_pending: u64,
     pub errors: u64,
     pub flushes: u64,
+    /// Alerts the rules created that could not be stored (disk full).
+    pub unstored: u64,
+    /// Bytes the outbox's files take.
+    pub disk_bytes: u64,
+    /// Why storing alerts fails right now (null while it works).
+    pub storage_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -127,14 +134,17 @@ impl Health {
             outbox: OutboxHealth {
                 depth: outbox.depth,
                 bytes: outbox.bytes,
-                oldest_age_s: outbox
-                    .oldest_created_ms
-                    .map(|c| now_wall_ms.saturating_sub(c).max(0) as f64 / 1000.0),
+                // Time waited (the wait clock), not a difference of wall
+                // clocks: a Pi whose clock jumps at boot shows real ages.
+                oldest_age_s: outbox.oldest_waited_ms.map(|w| w as f64 / 1000.0),
                 next_seq: outbox.next_seq,
                 dropped: outbox.dropped.into(),
                 events_pending: outbox.events_pending,
                 errors: load(&t.outbox_errors),
                 flushes: load(&t.outbox_flushes),
+                unstored: outbox.unstored,
+                disk_bytes: outbox.disk_bytes,
+                storage_error: outbox.storage_error.clone(),
             },
             alerts: AlertCounts {
                 created: load(&t.alerts_created),
@@ -175,6 +185,8 @@ impl Health {
             self.upstream.reconnects,
             self.outbox.errors,
             u64::from(self.outbox.depth == 0),
+            self.outbox.unstored,
+            u64::from(self.outbox.storage_error.is_some()),
             // A new set of rules (pushed or reloaded) is told at once.
             hash_prefix(&self.rules.hash),
         ];
@@ -215,6 +227,7 @@ mod tests {
                 critical: 0,
             },
             oldest_created_ms: Some(1_800_000_000_000),
+            oldest_waited_ms: Some(65_000),
             events_pending: 1,
             unstored: 0,
             disk_bytes: 4096,
@@ -240,7 +253,11 @@ mod tests {
         assert_eq!(v["gateway"], "gw");
         assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(v["outbox"]["depth"], 3);
-        assert_eq!(v["outbox"]["oldest_age_s"], 12.5);
+        assert_eq!(
+            v["outbox"]["oldest_age_s"], 65.0,
+            "time waited, not wall-clock age"
+        );
+        assert_eq!(v["outbox"]["storage_error"], serde_json::Value::Null);
         assert_eq!(v["outbox"]["dropped"]["total"], 3);
         assert_eq!(v["upstream"]["reconnects"], 2);
         assert_eq!(v["sources"][0]["readings"], 5);

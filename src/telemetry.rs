@@ -118,8 +118,12 @@ pub struct Telemetry {
     pub alerts_published: AtomicU64,
     pub alerts_acked: AtomicU64,
     pub outbox_errors: AtomicU64,
-    /// sled flushes by the outbox writer (group commit: fewer than alerts).
+    /// Flushes (`fdatasync`) by the outbox writer (group commit: fewer
+    /// than alerts).
     pub outbox_flushes: AtomicU64,
+    /// Alerts created and not yet stored: held by the writer while the
+    /// disk refuses writes (0 in normal running).
+    pub outbox_held: AtomicU64,
     pub rule_reloads: AtomicU64,
     pub rule_reload_errors: AtomicU64,
     /// Rules in force (set at start and on each accepted reload).
@@ -174,6 +178,7 @@ impl Telemetry {
             alerts_acked: AtomicU64::new(0),
             outbox_errors: AtomicU64::new(0),
             outbox_flushes: AtomicU64::new(0),
+            outbox_held: AtomicU64::new(0),
             rule_reloads: AtomicU64::new(0),
             rule_reload_errors: AtomicU64::new(0),
             rules_loaded: AtomicU64::new(0),

@@ -71,6 +71,10 @@ pub struct Gateway {
     dir: tempfile::TempDir,
     pub spawned: Instant,
     http_port: Option<u16>,
+    /// How to start this gateway again in its folder (outpost only).
+    again: Option<(PathBuf, Option<String>)>,
+    /// The threads copying its output into `gateway.log`.
+    copiers: Vec<std::thread::JoinHandle<()>>,
 }
 
 pub struct Stopped {
@@ -178,16 +182,7 @@ impl Gateway {
                          above = {ABOVE:.1}\nclear = {CLEAR:.1}\nseverity = \"warning\"\n"
                     ),
                 )?;
-                let mut cmd = Command::new(bin);
-                cmd.arg("run")
-                    .arg("--config")
-                    .arg(d.join("outpost.toml"))
-                    .env_remove("RUST_LOG")
-                    .env_remove("OUTPOST_CONFIG");
-                if let Some(l) = rust_log {
-                    cmd.env("RUST_LOG", l);
-                }
-                (cmd, Some(http))
+                (outpost_command(bin, d, rust_log.as_deref()), Some(http))
             }
             Kind::NodeRed { dir: install } => {
                 let red = install.join("node_modules/node-red/red.js");
@@ -223,21 +218,45 @@ impl Gateway {
                 (cmd, None)
             }
         };
-        let err = log.try_clone().map_err(|e| e.to_string())?;
         let spawned = Instant::now();
-        let child = cmd
-            .current_dir(d)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
+        let (child, copiers) = spawn_logged(cmd.current_dir(d), log)
             .map_err(|e| format!("spawn {}: {e}", kind.label()))?;
+        let again = match kind {
+            Kind::Outpost { bin, rust_log, .. } => Some((bin.clone(), rust_log.clone())),
+            Kind::NodeRed { .. } => None,
+        };
         Ok(Gateway {
             child,
             dir,
             spawned,
             http_port,
+            again,
+            copiers,
         })
+    }
+
+    /// Stops outpost (SIGTERM) and starts it again on the same folder:
+    /// the same outbox, config and HTTP port.
+    pub fn restart(&mut self) -> Result<Stopped, String> {
+        let (bin, rust_log) = self
+            .again
+            .clone()
+            .ok_or_else(|| "only outpost restarts".to_string())?;
+        let stopped = self.terminate();
+        let d = self.dir.path();
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(d.join("gateway.log"))
+            .map_err(|e| e.to_string())?;
+        self.spawned = Instant::now();
+        let (child, copiers) = spawn_logged(
+            outpost_command(&bin, d, rust_log.as_deref()).current_dir(d),
+            log,
+        )
+        .map_err(|e| format!("spawn outpost again: {e}"))?;
+        self.child = child;
+        self.copiers = copiers;
+        Ok(stopped)
     }
 
     pub fn pid(&self) -> u32 {
@@ -258,10 +277,15 @@ impl Gateway {
 
     /// Bytes this process caused to be written to storage (`/proc/PID/io`).
     pub fn written_bytes(&self) -> Option<u64> {
-        let io = fs::read_to_string(format!("/proc/{}/io", self.pid())).ok()?;
-        io.lines()
-            .find_map(|l| l.strip_prefix("write_bytes:"))
-            .and_then(|v| v.trim().parse().ok())
+        written_bytes(self.pid())
+    }
+
+    /// An outpost metric's value from /metrics (the first sample named so).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let body = http_get(self.http_port?, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
     }
 
     pub fn peak_rss_kib(&self) -> Option<u64> {
@@ -270,16 +294,15 @@ impl Gateway {
 
     /// outpost's `outpost_outbox_depth` from /metrics, when it serves one.
     pub fn outbox_depth(&self) -> Option<u64> {
-        let port = self.http_port?;
-        let body = http_get(port, "/metrics")?;
-        body.lines()
-            .find_map(|l| l.strip_prefix("outpost_outbox_depth "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
+        self.metric("outpost_outbox_depth").map(|v| v as u64)
     }
 
     /// SIGTERM, then up to 15 s for a clean exit, then SIGKILL.
     pub fn stop(mut self) -> Stopped {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Stopped {
         // SAFETY: kill(2) on the pid of a child we own and have not reaped.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
@@ -300,6 +323,10 @@ impl Gateway {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Its output has all reached the log once the pipes close.
+        for c in self.copiers.drain(..) {
+            let _ = c.join();
+        }
         let waiting = self
             .log()
             .lines()
@@ -316,6 +343,84 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `cmd` with its stdout and stderr through a pipe that a thread of
+/// this process copies into `log`, as journald takes a service's output:
+/// the gateway's own disk writes (`/proc/PID/io`) are then its storage's,
+/// not its log's.
+fn spawn_logged(
+    cmd: &mut Command,
+    log: File,
+) -> std::io::Result<(Child, Vec<std::thread::JoinHandle<()>>)> {
+    let mut copiers = Vec::new();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    for out in [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut log = log.try_clone()?;
+        copiers.push(std::thread::spawn(move || {
+            let mut out = out;
+            let _ = std::io::copy(&mut out, &mut log);
+        }));
+    }
+    Ok((child, copiers))
+}
+
+fn outpost_command(bin: &Path, dir: &Path, rust_log: Option<&str>) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(dir.join("outpost.toml"))
+        .env_remove("RUST_LOG")
+        .env_remove("OUTPOST_CONFIG");
+    if let Some(l) = rust_log {
+        cmd.env("RUST_LOG", l);
+    }
+    cmd
+}
+
+/// This disk's own cost of making one small write durable: `n` appends of
+/// 4 KiB to a file in `dir`, each followed by `fdatasync`, as the outbox
+/// commits an alert alone. Returns the sorted durations.
+pub fn fsync_floor(dir: &Path, n: usize) -> Result<Vec<Duration>, String> {
+    let t = tempfile::Builder::new()
+        .prefix("outpost-bench-fsync-")
+        .tempdir_in(dir)
+        .map_err(|e| e.to_string())?;
+    let mut f = File::create(t.path().join("f")).map_err(|e| e.to_string())?;
+    let page = vec![0x5Au8; 4096];
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        f.write_all(&page).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        v.push(t0.elapsed());
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Bytes a process caused to be written to storage so far.
+pub fn written_bytes(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {

@@ -22,15 +22,24 @@
 //! | `outpost_alerts_published_total` | counter | (sends, redeliveries included) |
 //! | `outpost_outbox_depth` | gauge | |
 //! | `outpost_outbox_bytes` | gauge | |
-//! | `outpost_outbox_oldest_age_seconds` | gauge | (0 when empty) |
+//! | `outpost_outbox_oldest_age_seconds` | gauge | (time waited; 0 when empty) |
 //! | `outpost_outbox_dropped_total` | counter | `severity` |
 //! | `outpost_outbox_errors_total` | counter | |
+//! | `outpost_outbox_unstored_total` | counter | |
+//! | `outpost_outbox_held` | gauge | (alerts in memory, not yet stored) |
+//! | `outpost_outbox_storage_failing` | gauge | (1 while alerts cannot be stored) |
+//! | `outpost_outbox_disk_bytes` | gauge | |
 //! | `outpost_upstream_connected` | gauge | |
 //! | `outpost_upstream_reconnects_total` | counter | |
 //! | `outpost_upstream_publish_latency_seconds` | histogram | (publish → PUBACK) |
 //! | `outpost_rules_loaded` | gauge | |
 //! | `outpost_rule_reloads_total` | counter | |
 //! | `outpost_rule_reload_errors_total` | counter | |
+//! | `outpost_http_connections` | gauge | (open now) |
+//! | `outpost_http_connections_limit` | gauge | |
+//! | `outpost_http_connections_accepted_total` | counter | |
+//! | `outpost_http_connections_closed_total` | counter | `reason`: `timeout`, `evicted`, `refused`, `expired` |
+//! | `outpost_http_accept_errors_total` | counter | |
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -194,7 +203,7 @@ pub fn encode(state: &HttpState) -> Result<String, std::fmt::Error> {
         Unit::Bytes,
         gauge(i64::try_from(ob.bytes()).unwrap_or(i64::MAX)),
     );
-    let oldest_age = state.oldest().map_or(0, |(_, age)| age);
+    let oldest_age = ob.oldest_waited().map_or(0, |d| d.as_secs());
     reg.register_with_unit(
         "outbox_oldest_age",
         "Age of the oldest alert waiting in the outbox (0 when empty)",
@@ -217,6 +226,27 @@ pub fn encode(state: &HttpState) -> Result<String, std::fmt::Error> {
         "outbox_errors",
         "Outbox read, write and flush failures",
         counter(load(&t.outbox_errors)),
+    );
+    reg.register(
+        "outbox_unstored",
+        "Alerts the rules created that could not be stored (disk full), reported as unstored",
+        counter(ob.unstored()),
+    );
+    reg.register(
+        "outbox_held",
+        "Alerts created and held in memory, not yet stored (the disk refuses writes)",
+        gauge(i64::try_from(load(&t.outbox_held)).unwrap_or(i64::MAX)),
+    );
+    reg.register(
+        "outbox_storage_failing",
+        "1 while the outbox cannot store alerts (a full or failing disk)",
+        gauge(i64::from(ob.storage_error().is_some())),
+    );
+    reg.register_with_unit(
+        "outbox_disk",
+        "Bytes the outbox's files take on disk",
+        Unit::Bytes,
+        gauge(i64::try_from(ob.size_on_disk()).unwrap_or(i64::MAX)),
     );
 
     reg.register(
@@ -250,6 +280,44 @@ pub fn encode(state: &HttpState) -> Result<String, std::fmt::Error> {
         "rule_reload_errors",
         "Rules reloads refused because a file did not validate",
         counter(load(&t.rule_reload_errors)),
+    );
+
+    let c = &state.connections;
+    reg.register(
+        "http_connections",
+        "Connections open to this endpoint",
+        gauge(i64::try_from(load(&c.open)).unwrap_or(i64::MAX)),
+    );
+    reg.register(
+        "http_connections_limit",
+        "The most connections this endpoint keeps open (the rest of the file descriptors are the gateway's)",
+        gauge(i64::try_from(load(&c.limit)).unwrap_or(i64::MAX)),
+    );
+    reg.register(
+        "http_connections_accepted",
+        "Connections accepted by this endpoint",
+        counter(load(&c.accepted)),
+    );
+    let closed: Family<Labels, Counter> = Family::default();
+    for (reason, n) in [
+        ("timeout", &c.timed_out),
+        ("evicted", &c.evicted),
+        ("refused", &c.refused),
+        ("expired", &c.expired),
+    ] {
+        closed
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc_by(load(n));
+    }
+    reg.register(
+        "http_connections_closed",
+        "Connections this endpoint closed on its own: no complete request in time (timeout), to make room at the limit (evicted), at the limit with every connection busy (refused, answered 503), at the end of their lifetime (expired)",
+        closed,
+    );
+    reg.register(
+        "http_accept_errors",
+        "Failed accepts (out of file descriptors, reset before accepted)",
+        counter(load(&c.accept_errors)),
     );
 
     let mut out = String::new();
@@ -288,6 +356,11 @@ mod tests {
         t.upstream_connected.store(true, Ordering::Relaxed);
         t.publish_latency.observe(0.004);
         t.rules_loaded.store(3, Ordering::Relaxed);
+        let connections = Arc::new(crate::http::ConnStats::default());
+        connections.limit.store(64, Ordering::Relaxed);
+        connections.open.store(2, Ordering::Relaxed);
+        connections.evicted.store(5, Ordering::Relaxed);
+        connections.timed_out.store(1, Ordering::Relaxed);
         let state = HttpState {
             gateway: "gw".into(),
             upstream: None,
@@ -295,6 +368,7 @@ mod tests {
             telemetry: t,
             clock: Clock::new(),
             stall_after: Duration::from_secs(10),
+            connections,
         };
         let text = encode(&state).unwrap();
         let want = [
@@ -325,6 +399,20 @@ mod tests {
             ),
             (
                 r#"outpost_upstream_publish_latency_seconds_bucket{le="0.002"}"#,
+                0.0,
+            ),
+            ("outpost_http_connections", 2.0),
+            ("outpost_http_connections_limit", 64.0),
+            (
+                r#"outpost_http_connections_closed_total{reason="evicted"}"#,
+                5.0,
+            ),
+            (
+                r#"outpost_http_connections_closed_total{reason="timeout"}"#,
+                1.0,
+            ),
+            (
+                r#"outpost_http_connections_closed_total{reason="refused"}"#,
                 0.0,
             ),
         ];

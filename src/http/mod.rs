@@ -1,19 +1,27 @@
 //! The local HTTP endpoint (`[http] listen`, default `127.0.0.1:9184`):
 //!
 //! - `/metrics`: Prometheus / OpenMetrics text (see `metrics`);
-//! - `/healthz`: `200 ok`, or `503` when the pipeline is stuck: the engine
-//!   has made no progress (no reading, no tick) for [`STALL_AFTER`], the
-//!   same signal that withholds the systemd watchdog ping;
+//! - `/healthz`: `200 ok`, or `503` when the pipeline is stuck (the engine
+//!   has made no progress, no reading and no tick, for [`STALL_AFTER`]: the
+//!   same signal that withholds the systemd watchdog ping), or when the
+//!   outbox cannot store alerts (a full or failing disk);
 //! - `/status`: the JSON document `outpost status` prints (see `status`).
 //!
 //! Read-only: handlers read `Telemetry` and the outbox's counters and its
 //! first record; they change nothing and take no lock a component holds
-//! across an await. A scrape costs one sled read (the oldest alert).
-//! axum serves it; `runtime` binds the socket and spawns [`serve`].
+//! across an await. A scrape costs one outbox read (the oldest alert).
+//! axum routes, hyper serves (`server`), within the bounds of `limits`: a
+//! connection limit that leaves the rest of the gateway its file
+//! descriptors, a timeout on half-sent and idle connections, no request
+//! bodies. `runtime` binds the socket and spawns [`serve`].
 
 pub mod client;
+mod limits;
 pub mod metrics;
+mod server;
 pub mod status;
+
+pub use server::ConnStats;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -52,6 +60,8 @@ pub struct HttpState {
     /// The clock `last_progress_ms` is stamped with.
     pub clock: Clock,
     pub stall_after: Duration,
+    /// The server's connection counters (filled by [`serve`]).
+    pub connections: Arc<ConnStats>,
 }
 
 impl HttpState {
@@ -62,8 +72,9 @@ impl HttpState {
         (age, age < self.stall_after)
     }
 
-    /// The oldest waiting alert, parsed, and its age in seconds (since it
-    /// was stored, by the wall clock; 0 if the clock went back).
+    /// The oldest waiting alert, parsed, and how long it has waited in
+    /// seconds (the outbox's wait clock, which a jumping wall clock does not
+    /// move).
     fn oldest(&self) -> Option<(Alert, u64)> {
         let rec = match self.outbox.oldest() {
             Ok(r) => r?,
@@ -72,9 +83,7 @@ impl HttpState {
                 return None;
             }
         };
-        let age = u64::try_from(crate::reading::wall_ms().saturating_sub(rec.created_ms))
-            .unwrap_or(0)
-            / 1000;
+        let age = self.outbox.oldest_waited().map_or(0, |d| d.as_secs());
         Some((rec.alert().ok()?, age))
     }
 
@@ -145,6 +154,9 @@ impl HttpState {
                 dropped: self.outbox.dropped().total(),
                 errors: t.outbox_errors.load(Ordering::Relaxed),
                 oldest,
+                unstored: self.outbox.unstored(),
+                disk_bytes: self.outbox.size_on_disk(),
+                storage_error: self.outbox.storage_error(),
             },
             sources,
             alerts: AlertsStatus {
@@ -175,19 +187,29 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until `cancel`; errors are logged, never fatal to the gateway
-/// (the alerts matter more than their dashboard).
+/// Serves until `cancel`, then closes its connections gracefully (within
+/// half a second); errors are logged, never fatal to the gateway (the
+/// alerts matter more than their dashboard).
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, cancel: CancellationToken) {
+    let (limits, nofile) = server::Limits::for_this_process();
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "HTTP: /metrics /healthz /status");
+        info!(
+            %addr,
+            max_connections = limits.max_connections,
+            open_files_limit = nofile.map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
+            "HTTP: /metrics /healthz /status"
+        );
     }
-    let app = router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        warn!(error = %e, "HTTP server stopped");
+    if limits.max_connections < limits::MAX_CONNECTIONS {
+        warn!(
+            max_connections = limits.max_connections,
+            open_files_limit = nofile,
+            reserve = limits::FD_RESERVE,
+            "HTTP: the open-files limit is low; fewer connections are served so the sources, brokers and outbox keep their file descriptors (raise LimitNOFILE)"
+        );
     }
+    let stats = state.connections.clone();
+    server::run(listener, router(state), stats, limits, cancel).await;
 }
 
 async fn metrics_handler(State(state): State<Arc<HttpState>>) -> Response {
@@ -203,7 +225,13 @@ async fn metrics_handler(State(state): State<Arc<HttpState>>) -> Response {
 
 async fn healthz_handler(State(state): State<Arc<HttpState>>) -> Response {
     let (age, healthy) = state.progress();
-    if healthy {
+    if let Some(err) = state.outbox.storage_error() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage failing: the outbox cannot store alerts: {err}\n"),
+        )
+            .into_response()
+    } else if healthy {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (
@@ -245,6 +273,7 @@ mod tests {
             telemetry: Arc::new(Telemetry::new()),
             clock,
             stall_after,
+            connections: Default::default(),
         })
     }
 

@@ -59,6 +59,15 @@ pub struct OutboxStatus {
     pub dropped: u64,
     pub errors: u64,
     pub oldest: Option<OldestAlert>,
+    /// Alerts that could not be stored (counted, reported as `unstored`).
+    #[serde(default)]
+    pub unstored: u64,
+    /// Bytes the outbox's files take.
+    #[serde(default)]
+    pub disk_bytes: u64,
+    /// Why storing alerts fails right now; absent while it works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
 }
 
 /// The oldest alert still waiting.
@@ -70,7 +79,8 @@ pub struct OldestAlert {
     pub sensor: String,
     pub state: String,
     pub ts: String,
-    /// Seconds it has waited in the outbox (wall clock; 0 if the clock went back).
+    /// Seconds it has waited in the outbox (time waited: a wall clock that
+    /// jumps does not change it).
     pub age_s: u64,
 }
 
@@ -243,6 +253,17 @@ pub fn render(s: &Status) -> String {
         b.dropped,
         b.errors
     );
+    if let Some(err) = &b.storage_error {
+        let _ = writeln!(o, "          STORAGE FAILING: {err}");
+    }
+    if b.unstored > 0 {
+        let _ = writeln!(
+            o,
+            "          {} alert{} could not be stored (reported as unstored)",
+            b.unstored,
+            if b.unstored == 1 { "" } else { "s" }
+        );
+    }
     if let Some(old) = &b.oldest {
         let _ = writeln!(
             o,
@@ -388,6 +409,9 @@ mod tests {
                     ts: "2026-11-26T10:00:00.123Z".into(),
                     age_s: 250,
                 }),
+                unstored: 0,
+                disk_bytes: 1 << 20,
+                storage_error: None,
             },
             sources: vec![SourceStatus {
                 name: "bench".into(),
@@ -466,6 +490,31 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("oldest:"), "{text}");
+        assert!(!text.contains("STORAGE"), "{text}");
+    }
+
+    #[test]
+    fn failing_storage_and_unstored_alerts_are_said_plainly() {
+        let mut s = sample();
+        s.outbox.storage_error = Some("outbox log: No space left on device".into());
+        s.outbox.unstored = 3;
+        let text = render(&s);
+        assert!(
+            text.contains("STORAGE FAILING: outbox log: No space left on device"),
+            "{text}"
+        );
+        assert!(text.contains("3 alerts could not be stored"), "{text}");
+        // An older gateway's document (no such fields) still reads.
+        let mut v = serde_json::to_value(sample()).unwrap();
+        let o = v["outbox"].as_object_mut().unwrap();
+        o.remove("unstored");
+        o.remove("disk_bytes");
+        assert!(serde_json::from_value::<Status>(v).is_ok());
+    }
+
+    #[test]
+    fn no_pushed_rules_are_said_with_the_hash() {
+        let mut s = sample();
         s.rules.version = None;
         assert!(
             render(&s).contains("          no pushed rules, hash sha256:9c1f"),

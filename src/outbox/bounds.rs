@@ -119,10 +119,9 @@ impl Outbox {
         self.unstored
             .fetch_add(drafts.len() as u64, Ordering::Relaxed);
         // Appended when possible; kept in memory meanwhile.
-        if let Some(ev) = st.events.get(&n).cloned()
-            && st.append_event(n, &ev, now).is_ok()
-        {
-            self.storage_ok();
+        if let Some(ev) = st.events.get(&n).cloned() {
+            // Kept in memory (and in the next checkpoint) when this fails.
+            let _ = st.append_event(n, &ev, now);
         }
         self.publish_counters(&st);
     }

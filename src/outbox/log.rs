@@ -105,15 +105,12 @@ pub struct Damage {
     pub from: u64,
     /// One past the last bad byte (the next valid record, or the end).
     pub to: u64,
+    /// Where the damage sits among the records as [`Log::open`] reported
+    /// them (the segment is rewritten without it, so records after it
+    /// moved): records at a lower place came before it, the others after.
+    pub at: Loc,
     /// Where the damaged original was kept, if it could be.
     pub kept: Option<PathBuf>,
-}
-
-impl Damage {
-    /// The damage runs to the end of the segment (a torn or cut tail).
-    pub fn at_tail(&self, seg_len: u64) -> bool {
-        self.to >= seg_len
-    }
 }
 
 struct Segment {
@@ -337,6 +334,7 @@ impl Log {
                     seg: n,
                     from: 0,
                     to: HEADER.min(data.len() as u64),
+                    at: Loc { seg: n, off: 0 },
                     kept: None,
                 });
                 tracing::warn!(segment = %path.display(), reason, "outbox log segment header is damaged");
@@ -353,15 +351,22 @@ impl Log {
                 if header_bad && let Some(d) = damage.last_mut() {
                     d.kept = kept.clone();
                 }
+                let (clean, placed) = relaid(&data, &found, &header_bytes(n, wall_ms));
                 for (from, to) in bad {
+                    // Just after the last good record before it, as laid again.
+                    let before = found.iter().rposition(|f| f.at < from);
+                    let at = before.map_or(HEADER, |i| placed[i].end);
                     damage.push(Damage {
                         seg: n,
                         from,
                         to,
+                        at: Loc {
+                            seg: n,
+                            off: u32::try_from(at).unwrap_or(u32::MAX),
+                        },
                         kept: kept.clone(),
                     });
                 }
-                let (clean, placed) = relaid(&data, &found, &header_bytes(n, wall_ms));
                 let tmp = dir.join(format!("{}.tmp", seg_name(n)));
                 write_synced(&tmp, &clean)?;
                 std::fs::rename(&tmp, &path).map_err(io_err(&path))?;

@@ -87,7 +87,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -124,6 +124,10 @@ const EXPIRE_SCAN: usize = 4096;
 /// Space set aside at open and given back when the disk is full, so the
 /// records that free space (drops, a checkpoint) can still be written.
 const RESERVE_BYTES: u64 = 128 << 10;
+/// Storing alerts fails (cleared by the next push that succeeds).
+const FAILING_PUSH: u8 = 1;
+/// Making them durable fails (cleared by the next flush that succeeds).
+const FAILING_FLUSH: u8 = 2;
 /// Reads of adjacent alerts are merged up to this many bytes.
 const READ_SPAN: u64 = 256 << 10;
 
@@ -291,8 +295,11 @@ pub struct Stats {
     pub bytes: u64,
     pub next_seq: u64,
     pub dropped: BySeverity,
-    /// Creation time of the oldest waiting alert.
+    /// Creation time of the oldest waiting alert (wall clock).
     pub oldest_created_ms: Option<i64>,
+    /// How long the oldest waiting alert has waited (the wait clock: not
+    /// thrown off by a wall clock that jumps).
+    pub oldest_waited_ms: Option<u64>,
     pub events_pending: u64,
     /// Alerts that could not be stored, since start.
     pub unstored: u64,
@@ -316,9 +323,19 @@ pub struct EngineState {
 struct WaitClock {
     w_at_open: i64,
     mono_at_open: u64,
+    /// The same moment on this process's monotonic clock, for readers that
+    /// bring no time of their own (status, health).
+    instant_at_open: Instant,
 }
 
 impl WaitClock {
+    /// The wait clock now, read from the monotonic clock.
+    fn w_now(&self) -> i64 {
+        self.w_at_open.saturating_add(
+            i64::try_from(self.instant_at_open.elapsed().as_millis()).unwrap_or(i64::MAX),
+        )
+    }
+
     fn w(&self, now: Now) -> i64 {
         self.w_at_open.saturating_add(
             i64::try_from(now.mono_ms.saturating_sub(self.mono_at_open)).unwrap_or(i64::MAX),
@@ -371,7 +388,8 @@ pub struct Outbox {
     events: AtomicU64,
     unstored: AtomicU64,
     disk_bytes: AtomicU64,
-    failing: AtomicBool,
+    /// What is failing: [`FAILING_PUSH`], [`FAILING_FLUSH`], or 0.
+    failing: AtomicU8,
     storage_error: Mutex<Option<String>>,
     recovered: Mutex<Option<EngineState>>,
 }
@@ -438,7 +456,7 @@ impl Outbox {
         let r = self.push_locked(&mut st, gateway, drafts, transitions, now);
         match &r {
             Ok(_) => self.storage_ok(),
-            Err(e) => self.storage_failed(e),
+            Err(e) => self.storage_failed(e, FAILING_PUSH),
         }
         self.publish_counters(&st);
         r
@@ -560,12 +578,16 @@ impl Outbox {
             Ok(()) => {
                 st.log.synced(plan);
                 self.flushed_through.fetch_max(covered, Ordering::Relaxed);
-                self.storage_ok();
+                // Only a failure of a flush is healed by a flush: a disk
+                // that syncs but has no room for alerts is still failing.
+                if self.failing.load(Ordering::Relaxed) == FAILING_FLUSH {
+                    self.storage_ok();
+                }
                 Ok(covered)
             }
             Err(e) => {
                 let e = OutboxError::Log(e);
-                self.storage_failed(&e);
+                self.storage_failed(&e, FAILING_FLUSH);
                 Err(e)
             }
         }
@@ -674,7 +696,7 @@ impl Outbox {
 
     /// Why storage is failing, while it is (the disk is full, or refuses writes).
     pub fn storage_error(&self) -> Option<String> {
-        if !self.failing.load(Ordering::Relaxed) {
+        if self.failing.load(Ordering::Relaxed) == 0 {
             return None;
         }
         self.storage_error
@@ -684,14 +706,14 @@ impl Outbox {
     }
 
     fn storage_ok(&self) {
-        if self.failing.swap(false, Ordering::Relaxed) {
+        if self.failing.swap(0, Ordering::Relaxed) != 0 {
             *self.storage_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 
-    fn storage_failed(&self, e: &OutboxError) {
+    fn storage_failed(&self, e: &OutboxError, what: u8) {
         *self.storage_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-        self.failing.store(true, Ordering::Relaxed);
+        self.failing.store(what, Ordering::Relaxed);
     }
 
     /// The seq the next alert will get.
@@ -705,17 +727,36 @@ impl Outbox {
     }
 
     pub fn stats(&self) -> Stats {
+        let oldest = self.oldest().ok().flatten();
         Stats {
             depth: self.depth(),
             bytes: self.bytes(),
             next_seq: self.next_seq(),
             dropped: self.dropped(),
-            oldest_created_ms: self.oldest().ok().flatten().map(|r| r.created_ms),
+            oldest_created_ms: oldest.as_ref().map(|r| r.created_ms),
+            oldest_waited_ms: self
+                .oldest_waited()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             events_pending: self.events_pending(),
             unstored: self.unstored(),
             disk_bytes: self.size_on_disk(),
             storage_error: self.storage_error(),
         }
+    }
+
+    /// How long the oldest waiting alert has waited, on the wait clock.
+    pub fn oldest_waited(&self) -> Option<Duration> {
+        let (file, loc, w_now) = {
+            let st = self.lock();
+            let (_, _, e) = st.index.after(None, 1).into_iter().next()?;
+            (st.log.file(e.loc.seg)?, e.loc, st.clock.w_now())
+        };
+        let mut head = [0u8; record::CREATED_W_END];
+        file.read_exact_at(&mut head, u64::from(loc.off)).ok()?;
+        let created = record::created_w(&head)?;
+        Some(Duration::from_millis(
+            u64::try_from(w_now.saturating_sub(created)).unwrap_or(0),
+        ))
     }
 
     /// Removes every waiting alert (`outpost outbox purge`) and records a

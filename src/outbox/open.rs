@@ -155,10 +155,7 @@ impl Replay {
         let mut tail = false;
         let mut after_seq = None;
         for d in damage {
-            let at = Loc {
-                seg: d.seg,
-                off: u32::try_from(d.from).unwrap_or(u32::MAX),
-            };
+            let at = d.at;
             let before = self.commits.iter().rev().find(|c| c.0 < at).map(|c| c.2);
             let after = self.commits.iter().find(|c| c.0 > at).map(|c| c.1);
             let (from, to) = match (before, after) {
@@ -314,6 +311,7 @@ impl Outbox {
         let clock = WaitClock {
             w_at_open: rp.last_w.saturating_add(downtime),
             mono_at_open: now.mono_ms,
+            instant_at_open: Instant::now(),
         };
         let next_seq = known_next;
         let reserve = make_reserve(&root);
@@ -438,7 +436,7 @@ impl Outbox {
             events: AtomicU64::new(0),
             unstored: AtomicU64::new(0),
             disk_bytes: AtomicU64::new(0),
-            failing: AtomicBool::new(false),
+            failing: AtomicU8::new(0),
             storage_error: Mutex::new(None),
             recovered: Mutex::new(Some(engine)),
             inner: Mutex::new(inner),

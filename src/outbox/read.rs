@@ -107,7 +107,7 @@ impl Outbox {
             st.acks.extend(still.iter().map(|x| x.0));
             st.write_acks(now)
         }) {
-            self.storage_failed(&e);
+            self.storage_failed(&e, FAILING_PUSH);
         }
         self.publish_counters(&st);
     }

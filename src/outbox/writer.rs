@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -152,11 +153,17 @@ impl Writer {
             if held.retry_at.is_some() {
                 // Waiting out the backoff: hold what came, within the limit.
                 self.bound(&mut held);
+                self.telemetry
+                    .outbox_held
+                    .store(held.drafts.len() as u64, Ordering::Relaxed);
                 continue;
             }
             if !held.is_empty() {
                 self.store(&mut held, &durable).await;
             }
+            self.telemetry
+                .outbox_held
+                .store(held.drafts.len() as u64, Ordering::Relaxed);
         }
         // Stopping: one more try for what is held, then a clean close.
         if !held.drafts.is_empty() || !held.transitions.is_empty() {
@@ -170,6 +177,7 @@ impl Writer {
                 self.outbox
                     .count_unstored(&drafts, "the disk refused writes", self.clock.now());
             }
+            self.telemetry.outbox_held.store(0, Ordering::Relaxed);
         }
         let changes = held.checkpoint.take().unwrap_or_default();
         if let Err(e) = self.outbox.close(changes, self.clock.now()) {

@@ -44,11 +44,18 @@ use crate::source::{self, SourceContext};
 use crate::telemetry::Telemetry;
 use crate::upstream::{RemoteLink, Upstream};
 
-/// Batches (one per line or message) buffered between the sources and the engine.
-const READINGS_QUEUE: usize = 4096;
+/// Batches (one per line or message) buffered between the sources and the
+/// engine: a flood waits in the sources (and the brokers or serial buffers
+/// behind them), not in memory.
+const READINGS_QUEUE: usize = 1024;
+/// Batches between the engine and the outbox writer. Each holds at most
+/// `evaluator::DRAFTS_PER_BATCH` alerts, so what waits for the disk is
+/// bounded in alerts: a few thousand, whatever the storm.
+const BATCH_QUEUE: usize = 4;
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let signals = signals::install();
     for w in &config.warnings {
         warn!("{w}");
     }
@@ -75,7 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let evaluator = Evaluator::restore(rules, &outbox, clock);
 
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_QUEUE);
-    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(256);
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(BATCH_QUEUE);
     let (durable_tx, durable_rx) = watch::channel(outbox.next_seq().saturating_sub(1));
     let (control_tx, control_rx) = mpsc::channel::<Control>(4);
     let (reload_tx, reload_rx) = mpsc::channel::<()>(4);
@@ -182,7 +189,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Ready only now: the outbox is open and every task is running.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    signals::wait(&reload_tx).await;
+    signals::wait(signals, &reload_tx).await;
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     watchdog.abort();
@@ -288,5 +295,6 @@ fn http_state(
         telemetry: telemetry.clone(),
         clock,
         stall_after: crate::http::STALL_AFTER,
+        connections: Default::default(),
     })
 }

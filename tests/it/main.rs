@@ -13,8 +13,14 @@ mod harness;
 mod e2e;
 /// The example configs with their devices' real payloads.
 mod examples;
+/// Faults a Pi meets: a storm with the uplink down, a full disk, a damaged
+/// outbox, a clock that jumps.
+mod faults;
 /// Rules pushed to gateways and groups: checked, signed, stored, answered.
 mod fleet;
+/// The HTTP endpoint under a socket flood: the alerts keep their file
+/// descriptors.
+mod flood;
 /// The commands that need no broker and no running gateway.
 mod offline;
 /// The outbox's promises with links broken and processes killed.

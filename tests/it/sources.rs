@@ -25,16 +25,6 @@ fn serial_config(up: &Mosquitto, pty: &Pty) -> String {
         .toml()
 }
 
-/// A `kB` line of /proc/PID/status (`VmRSS:`, `VmHWM:`).
-fn status_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
-}
-
 /// The errors a source counted, by kind, from `/metrics`.
 fn source_errors(port: u16, source: &str) -> BTreeMap<String, u64> {
     let prefix =

@@ -17,6 +17,10 @@ pub struct Config {
     pub extra_sections: String,
     /// `[http] listen`: off (`""`) unless set, or filled in by `Launch::http`.
     pub listen: String,
+    /// `[gateway] state_dir` (`state`, beside the config, unless set).
+    pub state_dir: String,
+    /// More `[outbox]` lines.
+    pub extra_outbox: String,
 }
 
 impl Config {
@@ -28,6 +32,8 @@ impl Config {
             mqtt: vec![],
             extra_sections: String::new(),
             listen: String::new(),
+            state_dir: "state".into(),
+            extra_outbox: String::new(),
         }
     }
 
@@ -50,11 +56,11 @@ impl Config {
 
     pub fn toml(&self) -> String {
         let mut s = format!(
-            "[gateway]\nid = \"test-gw\"\nstate_dir = \"state\"\nrules = [\"rules.toml\"]\n\n\
+            "[gateway]\nid = \"test-gw\"\nstate_dir = \"{}\"\nrules = [\"rules.toml\"]\n\n\
              [upstream]\nurl = \"{}\"\nkeep_alive = \"5s\"\n{}\n\
-             [outbox]\nflush = \"always\"\n\n\
+             [outbox]\nflush = \"always\"\n{}\n\
              [http]\nlisten = \"{}\"\n\n",
-            self.upstream, self.extra_upstream, self.listen
+            self.state_dir, self.upstream, self.extra_upstream, self.extra_outbox, self.listen
         );
         for section in self.serial.iter().chain(&self.mqtt) {
             s.push_str(section);

@@ -7,8 +7,11 @@
 //! its broker that can break the link in the ways real links break
 //! (`proxy`), MQTT clients that observe what arrives (`subscriber`),
 //! certificates made with `openssl` (`pki`), a plain HTTP client for the
-//! gateway's endpoint (`http`), the configs tests write (`config`), and the
-//! setups most tests share (`rig`). Each test owns its brokers, ports and
+//! gateway's endpoint (`http`), the configs tests write (`config`), the
+//! setups most tests share (`rig`), storage faults made for real: a small
+//! filesystem to fill, an outbox's files to damage (`storage`), and a
+//! process's file descriptors and their limit (`fds`). Each test owns its
+//! brokers, ports and
 //! temporary folders, so tests run in parallel.
 //!
 //! Every wait is a poll of a condition with a deadline (or a blocking
@@ -17,6 +20,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod fds;
 pub mod gateway;
 pub mod http;
 pub mod pki;
@@ -24,6 +28,7 @@ pub mod process;
 pub mod proxy;
 pub mod pty;
 pub mod rig;
+pub mod storage;
 pub mod subscriber;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,11 +39,14 @@ pub use broker::{Mosquitto, MosquittoOpts, password_file};
 pub use config::{Config, HOT_RULE, reading};
 pub use gateway::{Gateway, Launch, Output, check, run_outpost};
 pub use pki::Pki;
-pub use process::{free_port, port_accepts};
+pub use process::{free_port, port_accepts, status_kib};
 pub use proxy::{Proxy, assert_backs_off};
 pub use pty::Pty;
 pub use rig::{ALERTS, MqttRig, SerialRig};
-pub use subscriber::{Msg, Subscriber, alert_is, dedup_alerts, parse_ts_millis_z, publish};
+pub use storage::TinyFs;
+pub use subscriber::{
+    Msg, Subscriber, alert_is, dedup_alerts, parse_ts_millis_z, publish, publish_burst,
+};
 
 /// The default deadline of a wait: long enough for a loaded 2-core CI
 /// machine, short enough that a broken test fails quickly.

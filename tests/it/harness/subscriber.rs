@@ -279,6 +279,47 @@ pub fn publish(port: u16, topic: &str, payload: &str) {
     let _ = conn.recv_timeout(Duration::from_millis(200));
 }
 
+/// Publishes `messages` (topic, payload) to the broker on
+/// 127.0.0.1:`port` as fast as one connection goes, QoS 0 (sensors in a
+/// storm), then one QoS 1 message on `burst/done`, whose PUBACK says the
+/// broker has taken them all.
+pub fn publish_burst(
+    port: u16,
+    messages: impl IntoIterator<Item = (String, Vec<u8>), IntoIter: Send + 'static>,
+) {
+    let messages = messages.into_iter();
+    let mut opts = MqttOptions::new(format!("test-burst-{}", unique_suffix()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(opts, 1024);
+    let sender = thread::spawn(move || {
+        for (topic, payload) in messages {
+            if client
+                .publish(topic, QoS::AtMostOnce, false, payload)
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = client.publish("burst/done", QoS::AtLeastOnce, false, "done");
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "the burst to 127.0.0.1:{port} did not finish"
+        );
+        match conn.recv_timeout(left) {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("burst to 127.0.0.1:{port} failed: {e}"),
+            Err(_) => panic!("the burst to 127.0.0.1:{port} did not finish"),
+        }
+    }
+    sender.join().unwrap();
+}
+
 /// The alerts among `msgs`, duplicates by `id` removed (first delivery
 /// kept), in arrival order.
 pub fn dedup_alerts(msgs: &[Msg]) -> Vec<Value> {
