@@ -270,6 +270,7 @@ fn main() -> anyhow::Result<()> {
             outbox: outbox.clone(),
             durable,
             telemetry: telemetry.clone(),
+            remote: None,
         };
         let cancel = tokio_util::sync::CancellationToken::new();
         let (_, w0, _) = io();

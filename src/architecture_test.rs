@@ -37,6 +37,7 @@ const PURE: &[&str] = &[
     "diagnostic.rs",
     "http/status.rs",
     "http/limits.rs",
+    "push/",
 ];
 
 /// What the pure core must not name: I/O crates, the file system and

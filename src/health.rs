@@ -12,7 +12,8 @@
 //!            "unstored":0,"disk_bytes":1081344,"storage_error":null},
 //!  "alerts":{"created":42,"published":42,"acknowledged":42},
 //!  "sources":[{"name":"bench","kind":"serial","connected":true,
-//!              "messages":120,"readings":240,"errors":{"syntax":1},"reopens":0}]}
+//!              "messages":120,"readings":240,"errors":{"syntax":1},"reopens":0}],
+//!  "rules":{"loaded":4,"version":"7","pushed":2,"hash":"sha256:9c1f..."}}
 //! ```
 
 use std::collections::BTreeMap;
@@ -35,6 +36,17 @@ pub struct Health {
     pub outbox: OutboxHealth,
     pub alerts: AlertCounts,
     pub sources: Vec<SourceHealth>,
+    pub rules: RulesHealth,
+}
+
+/// The rules in force: how many, the version of the pushed ones (null when
+/// none is in force) and the hash of the whole set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RulesHealth {
+    pub loaded: u64,
+    pub version: Option<String>,
+    pub pushed: u64,
+    pub hash: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -152,6 +164,15 @@ impl Health {
                     reopens: load(&s.reopens),
                 })
                 .collect(),
+            rules: {
+                let r = t.rules_in_force();
+                RulesHealth {
+                    loaded: load(&t.rules_loaded),
+                    version: r.version,
+                    pushed: r.pushed,
+                    hash: r.hash,
+                }
+            },
         }
     }
 
@@ -166,6 +187,8 @@ impl Health {
             u64::from(self.outbox.depth == 0),
             self.outbox.unstored,
             u64::from(self.outbox.storage_error.is_some()),
+            // A new set of rules (pushed or reloaded) is told at once.
+            hash_prefix(&self.rules.hash),
         ];
         for src in &self.sources {
             s.push(u64::from(src.connected));
@@ -179,6 +202,14 @@ impl Health {
         // Strings, integers and finite floats: serializing cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
+}
+
+/// The first 16 hex digits of a `sha256:` hash as a number (0 for none).
+fn hash_prefix(hash: &str) -> u64 {
+    let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
+    hex.get(..16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -233,6 +264,36 @@ mod tests {
         assert_eq!(v["sources"][0]["errors"]["syntax"], 1);
         assert_eq!(v["ts"], "2027-01-15T08:00:12.500Z");
         assert_eq!(v["uptime_s"], 3600);
+        assert_eq!(
+            v["rules"],
+            serde_json::json!({"loaded": 0, "version": null, "pushed": 0, "hash": ""})
+        );
+    }
+
+    #[test]
+    fn the_rules_in_force_are_told_and_a_new_set_changes_the_signature() {
+        let t = Telemetry::new();
+        t.rules_loaded.store(4, Ordering::Relaxed);
+        t.set_rules_in_force(crate::telemetry::RulesInForce {
+            version: Some("7".into()),
+            pushed: 2,
+            hash: format!("sha256:{}", "ab".repeat(32)),
+        });
+        let h = Health::gather("gw", &t, &stats(), 0, Duration::ZERO);
+        let v: serde_json::Value = serde_json::from_slice(&h.to_payload()).unwrap();
+        assert_eq!(v["rules"]["loaded"], 4);
+        assert_eq!(v["rules"]["version"], "7");
+        assert_eq!(v["rules"]["pushed"], 2);
+        assert_eq!(v["rules"]["hash"], format!("sha256:{}", "ab".repeat(32)));
+        t.set_rules_in_force(crate::telemetry::RulesInForce {
+            version: Some("8".into()),
+            pushed: 2,
+            hash: format!("sha256:{}", "cd".repeat(32)),
+        });
+        assert_ne!(
+            Health::gather("gw", &t, &stats(), 0, Duration::ZERO).signature(),
+            h.signature()
+        );
     }
 
     #[test]

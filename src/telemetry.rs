@@ -201,6 +201,19 @@ pub struct Telemetry {
     alerts: Mutex<BTreeMap<(String, &'static str), AlertCounts>>,
     /// The pairs firing now, as the engine task last published them.
     firing: Mutex<Vec<FiringInfo>>,
+    /// The rules in force: pushed version and hash (set by `remote`).
+    rules_in_force: Mutex<RulesInForce>,
+}
+
+/// What names the rules in force, for the health, `/status` and `outpost
+/// status`: the version of the pushed rules (none when no pushed set is in
+/// force), how many rules were pushed, and the hash of the whole set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RulesInForce {
+    pub version: Option<String>,
+    pub pushed: u64,
+    /// `sha256:...` of every rule in force (see `push::outcome::rules_hash`).
+    pub hash: String,
 }
 
 /// Alerts of one (rule, state).
@@ -237,7 +250,24 @@ impl Telemetry {
             devices: Mutex::new(Vec::new()),
             alerts: Mutex::new(BTreeMap::new()),
             firing: Mutex::new(Vec::new()),
+            rules_in_force: Mutex::new(RulesInForce::default()),
         }
+    }
+
+    /// Replaces what names the rules in force (called by the rules keeper).
+    pub fn set_rules_in_force(&self, r: RulesInForce) {
+        *self
+            .rules_in_force
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = r;
+    }
+
+    /// What names the rules in force.
+    pub fn rules_in_force(&self) -> RulesInForce {
+        self.rules_in_force
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// An alert of `rule` in `state` was stored in the outbox.

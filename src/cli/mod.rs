@@ -3,9 +3,9 @@
 //! 2 invalid configuration; systemd does not restart on 2).
 //!
 //! One file per command group: `run.rs` (`run`, `check`), `status.rs`,
-//! `rules/` (`rules test`, `rules replay`), `outbox.rs` (`outbox list`,
-//! `export`, `purge`) and `modbus.rs` (`modbus read`). Nothing else in the
-//! crate depends on this module.
+//! `rules/` (`rules test`, `rules replay`, `rules push`, `rules keygen`),
+//! `outbox.rs` (`outbox list`, `export`, `purge`) and `modbus.rs` (`modbus
+//! read`). Nothing else in the crate depends on this module.
 
 mod modbus;
 mod outbox;
@@ -44,7 +44,7 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate the configuration and every rules file it names.
     Check(ConfigArg),
-    /// Test and replay rules offline, with no broker and no running gateway.
+    /// Test and replay rules offline; push them to gateways.
     #[command(subcommand)]
     Rules(RulesCommand),
     /// Inspect or empty the outbox of a stopped gateway.
@@ -80,6 +80,14 @@ pub struct StatusArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RulesCommand {
+    /// Push a rules file to a gateway (and wait for its answer) or to a
+    /// group, through the broker of the config's [upstream].
+    Push(rules::PushArgs),
+    /// Make an ed25519 key pair to sign pushes: FILE (private, 0600) and FILE.pub.
+    Keygen {
+        /// Where to write the private key (never over an existing file).
+        file: PathBuf,
+    },
     /// Run rule unit tests: readings in, the alerts expected out.
     Test {
         /// Test files (TOML).
@@ -124,6 +132,8 @@ pub fn main() -> ExitCode {
         }
         Command::Rules(RulesCommand::Test { files }) => rules::test(&files),
         Command::Rules(RulesCommand::Replay { rules, input }) => rules::replay(&rules, &input),
+        Command::Rules(RulesCommand::Push(a)) => rules::push(&a),
+        Command::Rules(RulesCommand::Keygen { file }) => rules::keygen(&file),
     };
     ExitCode::from(code)
 }

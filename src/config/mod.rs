@@ -33,11 +33,12 @@ use crate::rules::Rule;
 pub use broker::{BrokerConfig, BrokerUrl, Secret};
 pub use compile::compile;
 pub use files::{Disk, FileInfo, Files};
-pub use rules_file::{load_rules, parse_rules};
+pub use rules_file::{Places, load_rules, parse_rules};
 pub use types::{
     Config, FlowControl, FlushPolicy, GatewayConfig, HomeAssistantConfig, HttpConfig, LineSettings,
     ModbusConfig, ModbusDevice, ModbusLink, MqttSourceConfig, Order, OutboxConfig, Parity,
-    RegisterKind, RegisterMap, SerialConfig, SimulateConfig, Target, UpstreamConfig, ValueType,
+    RegisterKind, RegisterMap, RemoteConfig, SerialConfig, SimulateConfig, Target, UpstreamConfig,
+    ValueType,
 };
 pub use units::parse_duration;
 
@@ -67,7 +68,31 @@ impl Config {
     /// does not validate, or has an action on an unknown broker, is refused
     /// whole.
     pub fn reload_rules(&self) -> Result<Vec<Rule>, Diagnostics> {
+        self.load_local_rules().map(|l| l.rules)
+    }
+
+    /// [`Config::reload_rules`], with the place of every rule.
+    pub fn load_local_rules(&self) -> Result<LocalRules, Diagnostics> {
         let (rules, places) = rules_file::load_rules_placed(&self.gateway.rules, &Disk)?;
+        let refused = compile::check_actions(&rules, &places, &self.mqtt);
+        if refused.is_empty() {
+            Ok(LocalRules { rules, places })
+        } else {
+            Err(refused)
+        }
+    }
+
+    /// Rules pushed over the upstream link, checked exactly as `check`
+    /// checks a rules file, and against `local`: an id both define is
+    /// refused, and an action must name an `[[mqtt]]` source. `text` is
+    /// named `name` in the diagnostics. Returns the pushed rules alone.
+    pub fn check_pushed(
+        &self,
+        name: &Path,
+        text: &str,
+        local: &LocalRules,
+    ) -> Result<Vec<Rule>, Diagnostics> {
+        let (rules, places) = rules_file::parse_pushed(name, text, &local.places)?;
         let refused = compile::check_actions(&rules, &places, &self.mqtt);
         if refused.is_empty() {
             Ok(rules)
@@ -75,4 +100,12 @@ impl Config {
             Err(refused)
         }
     }
+}
+
+/// The rules of the files `[gateway] rules` names, and where each is
+/// defined (for the messages about pushed rules that clash with them).
+#[derive(Debug, Clone, Default)]
+pub struct LocalRules {
+    pub rules: Vec<Rule>,
+    pub places: Places,
 }

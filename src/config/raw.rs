@@ -193,6 +193,15 @@ pub(super) struct RawHomeAssistant {
     pub(super) node_name: Option<Spanned<String>>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRemote {
+    pub(super) rules: Option<bool>,
+    pub(super) groups: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) public_key: Option<Spanned<String>>,
+    pub(super) public_key_file: Option<Spanned<String>>,
+}
+
 pub(super) const SECTIONS: &[&str] = &[
     "gateway",
     "upstream",
@@ -203,4 +212,5 @@ pub(super) const SECTIONS: &[&str] = &[
     "simulate",
     "homeassistant",
     "modbus",
+    "remote",
 ];

@@ -101,13 +101,56 @@ pub fn load_rules_placed(
 
 /// Parses one rules file from text (for tests and `rules test`).
 pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<Rule>, Diagnostics> {
+    parse_rules_placed(path, text).map(|(rules, _)| rules)
+}
+
+/// [`parse_rules`], with the place of every rule.
+pub fn parse_rules_placed(path: &Path, text: &str) -> Result<(Vec<Rule>, Places), Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut rules = Vec::new();
+    let mut seen = HashMap::new();
     let src = Source::new(path, text);
-    load_source(&src, &mut rules, &mut HashMap::new(), &mut diags);
+    load_source(&src, &mut rules, &mut seen, &mut diags);
     diags.sort();
     if diags.is_empty() {
-        Ok(rules)
+        Ok((rules, seen))
+    } else {
+        Err(diags)
+    }
+}
+
+/// Rules pushed over the upstream link (`text`, named `path` in
+/// diagnostics) checked as a rules file is, plus against the local rules
+/// (`local_places`: where each local rule is defined): an id defined in
+/// both is refused at the pushed rule. Returns the pushed rules and their
+/// places; actions are checked by the caller, which knows the brokers.
+pub fn parse_pushed(
+    path: &Path,
+    text: &str,
+    local_places: &Places,
+) -> Result<(Vec<Rule>, Places), Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut rules = Vec::new();
+    let mut seen = HashMap::new();
+    let src = Source::new(path, text);
+    load_source(&src, &mut rules, &mut seen, &mut diags);
+    for r in &rules {
+        if let (Some(local), Some(here)) = (local_places.get(&r.id), seen.get(&r.id)) {
+            diags.push(Diagnostic {
+                message: format!(
+                    "rule id `{}` is already defined by this gateway's local rules ({}:{}:{}); pushed rules cannot replace local ones: rename it, or remove it from the local file",
+                    r.id,
+                    local.file.display(),
+                    local.line,
+                    local.col
+                ),
+                ..here.clone()
+            });
+        }
+    }
+    diags.sort();
+    if diags.is_empty() {
+        Ok((rules, seen))
     } else {
         Err(diags)
     }
@@ -829,6 +872,50 @@ labels = { room = "greenhouse" }
         assert_eq!(
             d.to_string(),
             "/etc/outpost/rules.toml: cannot read rules file: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn pushed_rules_are_checked_like_a_file_and_may_not_reuse_a_local_id() {
+        let (_, local) = parse_rules_placed(
+            Path::new("/etc/outpost/rules.toml"),
+            "[[rule]]\nid = \"hot\"\nmetric = \"t\"\nabove = 1\n",
+        )
+        .unwrap();
+        let pushed = Path::new("<pushed rules>");
+        let (rules, places) = parse_pushed(
+            pushed,
+            "[[rule]]\nid = \"cold\"\nmetric = \"t\"\nbelow = 1\n",
+            &local,
+        )
+        .unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(places["cold"].line, 2);
+        let e = parse_pushed(
+            pushed,
+            "[[rule]]\nid = \"cold\"\nmetric = \"t\"\nbelow = 1\n\n[[rule]]\n  id = \"hot\"\nmetric = \"t\"\nabove = 2\nabvoe = 3\n",
+            &local,
+        )
+        .unwrap_err();
+        let e: Vec<String> = e.iter().map(|d| d.to_string()).collect();
+        assert_eq!(e.len(), 2, "every mistake, in order: {e:#?}");
+        assert!(
+            e[0].starts_with("<pushed rules>:7:8: rule id `hot` is already defined"),
+            "{e:#?}"
+        );
+        assert!(
+            e[1].starts_with("<pushed rules>:10:1: unknown field `abvoe`"),
+            "{e:#?}"
+        );
+        let e = parse_pushed(
+            pushed,
+            "[[rule]]\n  id = \"hot\"\nmetric = \"t\"\nabove = 2\n",
+            &local,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "<pushed rules>:2:8: rule id `hot` is already defined by this gateway's local rules (/etc/outpost/rules.toml:2:6); pushed rules cannot replace local ones: rename it, or remove it from the local file"
         );
     }
 }

@@ -45,6 +45,28 @@ impl Config {
                 let _ = writeln!(s, "upstream   none: alerts stay in the outbox and the log");
             }
         }
+        if self.remote.rules {
+            let prefix = self
+                .upstream
+                .as_ref()
+                .map_or("outpost/?", |u| u.topic_prefix.as_str());
+            let mut topics = vec![crate::push::set_topic(prefix)];
+            topics.extend(
+                self.remote
+                    .groups
+                    .iter()
+                    .map(|g| crate::push::group_topic(g)),
+            );
+            let signed = match &self.remote.public_key {
+                Some(k) => format!("signed by key {}", k.to_base64()),
+                None => "signature not required".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "remote     rules pushed on {}; {signed}",
+                topics.join(", ")
+            );
+        }
         let flush = match self.outbox.flush {
             FlushPolicy::Always => "always".to_string(),
             FlushPolicy::Every(d) => format!("every {}", humantime::format_duration(d)),

@@ -84,7 +84,7 @@ const CASES: &[(&str, &[&str])] = &[
         "[gatway]\nid = \"gw\"\n",
         &[
             "missing [gateway] section (it needs at least `id`)",
-            "1:2: unknown section `gatway`; expected one of: gateway, upstream, outbox, http, serial, mqtt, simulate, homeassistant, modbus",
+            "1:2: unknown section `gatway`; expected one of: gateway, upstream, outbox, http, serial, mqtt, simulate, homeassistant, modbus, remote",
         ],
     ),
     (

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::BrokerConfig;
 use crate::diagnostic::Diagnostic;
 use crate::payload::Format;
+use crate::push::sign::PublicKey;
 use crate::rules::Rule;
 use crate::topic::SensorTemplate;
 
@@ -25,6 +26,8 @@ pub struct Config {
     pub simulate: Vec<SimulateConfig>,
     /// `[[modbus]]`: one per bus (a serial port or a TCP device).
     pub modbus: Vec<ModbusConfig>,
+    /// `[remote]`: rules pushed over the upstream link (off by default).
+    pub remote: RemoteConfig,
     /// The rules of every file in `gateway.rules`, already validated.
     pub rules: Vec<Rule>,
     /// Things that work but should be fixed (a private key others can
@@ -61,6 +64,18 @@ pub struct HomeAssistantConfig {
     pub node_id: String,
     /// The device name shown in Home Assistant (default: the gateway id).
     pub node_name: String,
+}
+
+/// `[remote]`: whether the gateway takes rules pushed over its upstream
+/// link, from which topics, and whose signature they need (see `remote`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteConfig {
+    /// `rules = true`: pushes on `{prefix}/rules/set` and the groups' topics are applied.
+    pub rules: bool,
+    /// `groups`: also follow `outpost/groups/{name}/rules/set` for each.
+    pub groups: Vec<String>,
+    /// `public_key` / `public_key_file`: only pushes it signed are applied.
+    pub public_key: Option<PublicKey>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

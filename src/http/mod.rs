@@ -187,10 +187,16 @@ impl HttpState {
                 created: t.alerts_created.load(Ordering::Relaxed),
                 firing,
             },
-            rules: RulesStatus {
-                loaded: t.rules_loaded.load(Ordering::Relaxed),
-                reloads: t.rule_reloads.load(Ordering::Relaxed),
-                reload_errors: t.rule_reload_errors.load(Ordering::Relaxed),
+            rules: {
+                let r = t.rules_in_force();
+                RulesStatus {
+                    loaded: t.rules_loaded.load(Ordering::Relaxed),
+                    reloads: t.rule_reloads.load(Ordering::Relaxed),
+                    reload_errors: t.rule_reload_errors.load(Ordering::Relaxed),
+                    version: r.version,
+                    pushed: r.pushed,
+                    hash: r.hash,
+                }
             },
             modbus,
         }

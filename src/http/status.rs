@@ -144,6 +144,15 @@ pub struct RulesStatus {
     pub loaded: u64,
     pub reloads: u64,
     pub reload_errors: u64,
+    /// The version of the pushed rules in force (none when none is).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Rules in force that were pushed.
+    #[serde(default)]
+    pub pushed: u64,
+    /// `sha256:...` of every rule in force (empty from a gateway too old to say).
+    #[serde(default)]
+    pub hash: String,
 }
 
 /// `3d 4h`, `2h 5m`, `4m 10s`, `12s`: two units at most.
@@ -412,6 +421,13 @@ pub fn render(s: &Status) -> String {
         "rules     {} loaded, {} reloads, {} refused reloads",
         r.loaded, r.reloads, r.reload_errors
     );
+    if !r.hash.is_empty() {
+        let pushed = match &r.version {
+            Some(v) => format!("pushed version {v} ({} rules)", r.pushed),
+            None => "no pushed rules".to_string(),
+        };
+        let _ = writeln!(o, "          {pushed}, hash {}", r.hash);
+    }
     o
 }
 
@@ -481,6 +497,9 @@ mod tests {
                 loaded: 4,
                 reloads: 1,
                 reload_errors: 0,
+                version: Some("2026-11-26T10:00:00.123Z".into()),
+                pushed: 3,
+                hash: "sha256:9c1f".into(),
             },
             modbus: vec![],
         }
@@ -504,6 +523,7 @@ mod tests {
             "bench  serial  connected  40        80        3 (syntax 2, too_long 1)  1",
             "hot   greenhouse/t1  temperature  critical  31.2   30",
             "rules     4 loaded, 1 reloads, 0 refused reloads",
+            "          pushed version 2026-11-26T10:00:00.123Z (3 rules), hash sha256:9c1f",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
@@ -595,6 +615,30 @@ mod tests {
         o.remove("unstored");
         o.remove("disk_bytes");
         assert!(serde_json::from_value::<Status>(v).is_ok());
+    }
+
+    #[test]
+    fn no_pushed_rules_are_said_with_the_hash() {
+        let mut s = sample();
+        s.rules.version = None;
+        assert!(
+            render(&s).contains("          no pushed rules, hash sha256:9c1f"),
+            "{}",
+            render(&s)
+        );
+    }
+
+    #[test]
+    fn a_status_without_the_rules_in_force_still_reads() {
+        // From a gateway that predates pushed rules.
+        let mut v = serde_json::to_value(sample()).unwrap();
+        let rules = v["rules"].as_object_mut().unwrap();
+        rules.remove("version");
+        rules.remove("pushed");
+        rules.remove("hash");
+        let s: Status = serde_json::from_value(v).unwrap();
+        assert_eq!((s.rules.version.as_deref(), s.rules.pushed), (None, 0));
+        assert!(!render(&s).contains("hash"));
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //! queued and hands its final state to the writer; the writer stores and
 //! flushes; then the upstream finishes in-flight publishes for up to a few
 //! seconds, publishes `offline` and disconnects; the outbox is closed cleanly.
-//! Reload (SIGHUP, `signals.rs`): the rules files are read again; a set that
-//! does not validate is refused whole and the old rules keep running. The
+//! Reload (SIGHUP, `signals.rs`): the rules keeper (`remote`) reads the
+//! rules files again; a set that does not validate is refused whole and the
+//! old rules keep running. Pushed rules (`[remote]`) come from the upstream
+//! task to the same keeper, which alone swaps the evaluator's rules. The
 //! systemd watchdog is `watchdog.rs`.
 
 mod signals;
@@ -22,7 +24,6 @@ mod watchdog;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -37,10 +38,11 @@ use crate::evaluator::{Control, Evaluator, Links};
 use crate::http::HttpState;
 use crate::outbox::{Batch, Bounds, OpenEvent, Outbox, Writer};
 use crate::reading::{Clock, Reading};
+use crate::remote::Keeper;
 use crate::rules::LocalPublish;
 use crate::source::{self, SourceContext};
 use crate::telemetry::Telemetry;
-use crate::upstream::Upstream;
+use crate::upstream::{RemoteLink, Upstream};
 
 /// Batches (one per line or message) buffered between the sources and the
 /// engine: a flood waits in the sources (and the brokers or serial buffers
@@ -58,27 +60,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         warn!("{w}");
     }
     let telemetry = Arc::new(Telemetry::new());
-    telemetry
-        .rules_loaded
-        .store(config.rules.len() as u64, Ordering::Relaxed);
     let clock = Clock::new();
     let outbox = open_outbox(&config, &telemetry, clock).await?;
+    // The local rules, and the pushed ones kept in state_dir.
+    let (keeper, rules) = {
+        let (c, t) = (config.clone(), telemetry.clone());
+        tokio::task::spawn_blocking(move || Keeper::start(c, t))
+            .await
+            .context("rules keeper start")?
+    };
     info!(
         gateway = %config.gateway.id,
         outbox = %outbox.path().display(),
         db_id = outbox.db_id(),
         waiting = outbox.depth(),
         next_seq = outbox.next_seq(),
-        rules = config.rules.len(),
+        rules = rules.len(),
         "outpost starting"
     );
 
-    let evaluator = Evaluator::restore(config.rules.clone(), &outbox, clock);
+    let evaluator = Evaluator::restore(rules, &outbox, clock);
 
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_QUEUE);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(BATCH_QUEUE);
     let (durable_tx, durable_rx) = watch::channel(outbox.next_seq().saturating_sub(1));
     let (control_tx, control_rx) = mpsc::channel::<Control>(4);
+    let (reload_tx, reload_rx) = mpsc::channel::<()>(4);
+    // Room for the retained push of every rules topic at once (they all
+    // arrive on subscribing), and a few live ones: at most that many times
+    // 256 KiB wait for the keeper.
+    let pushes_queue = config.remote.groups.len() + 1 + 4;
+    let (pushes_tx, pushes_rx) = mpsc::channel::<crate::push::Incoming>(pushes_queue);
+    let (results_tx, results_rx) = mpsc::channel::<Vec<u8>>(16);
 
     let sources_cancel = CancellationToken::new();
     let upstream_cancel = CancellationToken::new();
@@ -141,6 +154,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 outbox: outbox.clone(),
                 durable: durable_rx,
                 telemetry: telemetry.clone(),
+                remote: config
+                    .remote
+                    .rules
+                    .then(|| RemoteLink::new(rules_topics(&config, u), pushes_tx, results_rx)),
             };
             Some(tokio::spawn(up.run(upstream_cancel.clone())))
         }
@@ -166,14 +183,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
+    let keeper_cancel = CancellationToken::new();
+    let keeper_task = tokio::spawn(keeper.run(
+        crate::remote::Links {
+            pushes: pushes_rx,
+            reloads: reload_rx,
+            control: control_tx.clone(),
+            results: results_tx,
+        },
+        keeper_cancel.clone(),
+    ));
+
     let watchdog = tokio::spawn(watchdog::run(clock, telemetry.clone()));
     // Ready only now: the outbox is open and every task is running.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    signals::wait(signals, &config, &control_tx, &telemetry).await;
+    signals::wait(signals, &reload_tx).await;
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     watchdog.abort();
+    // A push or reload under way finishes (its disk write is atomic anyway).
+    keeper_cancel.cancel();
+    let _ = keeper_task.await;
     info!("shutting down: stopping sources");
     sources_cancel.cancel();
     while sources.join_next().await.is_some() {}
@@ -240,6 +271,20 @@ async fn open_outbox(
             .map_or(DEFAULT_MAX_PAYLOAD, |u| u.max_payload),
     });
     Ok(Arc::new(outbox))
+}
+
+/// The rules topics the upstream link subscribes to: the gateway's own,
+/// then each group's.
+fn rules_topics(config: &Config, upstream: &crate::config::UpstreamConfig) -> Vec<String> {
+    let mut topics = vec![crate::push::set_topic(&upstream.topic_prefix)];
+    topics.extend(
+        config
+            .remote
+            .groups
+            .iter()
+            .map(|g| crate::push::group_topic(g)),
+    );
+    topics
 }
 
 /// What the HTTP handlers read.

@@ -31,6 +31,13 @@
 //!
 //! With `[homeassistant]`, each alert is preceded by its retained discovery
 //! and state messages (see [`crate::homeassistant`] and `DiscoveryQueue`).
+//!
+//! With `[remote] rules = true` ([`RemoteLink`]), the same connection (no
+//! second one) subscribes to the rules topics after every ConnAck
+//! (`clean_session = true`: the broker forgets subscriptions), hands each
+//! push it receives to the rules keeper without waiting for it, and
+//! publishes the keeper's answers retained on `{prefix}/rules/result`
+//! (the latest one waits for the next connection when the link is down).
 
 pub mod ack;
 mod discovery;
@@ -40,8 +47,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
-use tokio::sync::watch;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS, SubscribeFilter};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -86,6 +93,43 @@ pub struct Upstream {
     /// Highest seq that may be published (durable under the flush policy).
     pub durable: watch::Receiver<u64>,
     pub telemetry: Arc<Telemetry>,
+    /// Rules pushed over this link (`[remote] rules = true`).
+    pub remote: Option<RemoteLink>,
+}
+
+/// The rules topics, to the rules keeper and back (see the module header).
+pub struct RemoteLink {
+    /// Subscribed to (QoS 1) after every ConnAck.
+    topics: Vec<String>,
+    /// Where pushes received on them go.
+    pushes: mpsc::Sender<crate::push::Incoming>,
+    /// Answers, published retained on `{prefix}/rules/result`.
+    results: mpsc::Receiver<Vec<u8>>,
+    /// The latest answer not yet handed to the client.
+    pending: Option<Vec<u8>>,
+}
+
+impl RemoteLink {
+    pub fn new(
+        topics: Vec<String>,
+        pushes: mpsc::Sender<crate::push::Incoming>,
+        results: mpsc::Receiver<Vec<u8>>,
+    ) -> RemoteLink {
+        RemoteLink {
+            topics,
+            pushes,
+            results,
+            pending: None,
+        }
+    }
+}
+
+/// The next answer to publish; never, without a remote link.
+async fn next_result(remote: &mut Option<RemoteLink>) -> Option<Vec<u8>> {
+    match remote {
+        Some(r) => r.results.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// An alert handed to the client and not yet acknowledged: what the metrics
@@ -196,6 +240,14 @@ impl Upstream {
                 true,
             ));
             opts.set_inflight(u16::try_from(WINDOW + EVENTS_WINDOW + 8).unwrap_or(u16::MAX));
+            if self.remote.is_some() {
+                // Room for a push: one over the limit is refused with an
+                // answer, not a broken connection (see `push`).
+                opts.set_max_packet_size(
+                    max_packet.max(crate::push::MAX_INCOMING_PACKET),
+                    max_packet,
+                );
+            }
             let (client, eventloop) = AsyncClient::new(opts, WINDOW + 16);
             let mut acked = Vec::with_capacity(ACK_BATCH);
             let end = self
@@ -281,7 +333,10 @@ impl Upstream {
                         }
                         health_sig = self.publish_health(&client, &mut tracker);
                         last_health = Instant::now();
+                        self.subscribe_rules(&client);
                     }
+                    Ok(Event::Incoming(Packet::Publish(p))) => self.on_publish(p),
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => self.on_suback(&ack),
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         if let Err(e) = tracker.outgoing(pkid) {
                             return End::Lost { connected, reason: format!("publish tracking lost sync: {e}") };
@@ -313,6 +368,13 @@ impl Upstream {
                     Ok(_) => {}
                     Err(e) => return End::Lost { connected, reason: explain(&e, &self.cfg.broker.url.host) },
                 }},
+                result = next_result(&mut self.remote), if self.remote.is_some() => {
+                    if let (Some(r), Some(payload)) = (self.remote.as_mut(), result) {
+                        // Retained: only the latest answer matters to a
+                        // subscriber that comes later.
+                        r.pending = Some(payload);
+                    }
+                }
                 changed = self.durable.changed(), if durable_open && connected && draining.is_none() => {
                     if changed.is_err() {
                         durable_open = false;
@@ -345,9 +407,72 @@ impl Upstream {
                     // A burst is over: do not hold its last acknowledgements.
                     self.remove_acked(acked);
                 }
+                self.send_result(&client, &mut tracker);
                 self.send_events(&client, &mut tracker, &mut events_in_flight);
                 self.fill(&client, &mut tracker, &mut sent, &mut cursor, discovery);
             }
+        }
+    }
+
+    /// Subscribes to the rules topics (after every ConnAck: the session is clean).
+    fn subscribe_rules(&self, client: &AsyncClient) {
+        let Some(r) = &self.remote else { return };
+        let filters = r
+            .topics
+            .iter()
+            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        if let Err(e) = client.try_subscribe_many(filters) {
+            warn!(error = %e, "cannot subscribe to the rules topics; pushes wait for the next connection");
+        }
+    }
+
+    /// The broker's answer to the rules subscription (the only one).
+    fn on_suback(&self, ack: &rumqttc::SubAck) {
+        let Some(r) = &self.remote else { return };
+        let refused: Vec<&str> = r
+            .topics
+            .iter()
+            .zip(&ack.return_codes)
+            .filter(|(_, c)| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+            .map(|(t, _)| t.as_str())
+            .collect();
+        if refused.is_empty() {
+            info!(topics = ?r.topics, "subscribed to the rules topics");
+        } else {
+            warn!(topics = ?refused, "the broker refused the subscription to these rules topics: see its ACL");
+        }
+    }
+
+    /// A message from the broker: a push on a rules topic goes to the rules
+    /// keeper, at once (this loop never waits for it to be applied).
+    fn on_publish(&self, p: rumqttc::Publish) {
+        let Some(r) = &self.remote else { return };
+        if !r.topics.contains(&p.topic) {
+            return;
+        }
+        let push = crate::push::Incoming {
+            topic: p.topic,
+            payload: p.payload.to_vec(),
+            retained: p.retain,
+        };
+        if r.pushes.try_send(push).is_err() {
+            warn!("rules push dropped: earlier pushes are still being applied (push it again)");
+        }
+    }
+
+    /// Publishes the latest answer to a push, retained, if one waits.
+    fn send_result(&mut self, client: &AsyncClient, tracker: &mut AckTracker) {
+        let Some(r) = self.remote.as_mut() else {
+            return;
+        };
+        let Some(payload) = r.pending.take() else {
+            return;
+        };
+        let t = crate::push::result_topic(&self.cfg.topic_prefix);
+        match client.try_publish(t, QoS::AtLeastOnce, true, payload.clone()) {
+            Ok(()) => tracker.sent(Tag::Other),
+            // The request channel is full: retried after the next event.
+            Err(_) => r.pending = Some(payload),
         }
     }
 

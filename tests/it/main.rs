@@ -16,6 +16,8 @@ mod examples;
 /// Faults a Pi meets: a storm with the uplink down, a full disk, a damaged
 /// outbox, a clock that jumps.
 mod faults;
+/// Rules pushed to gateways and groups: checked, signed, stored, answered.
+mod fleet;
 /// The HTTP endpoint under a socket flood: the alerts keep their file
 /// descriptors.
 mod flood;

@@ -3,7 +3,10 @@
 //! reading and printing live here, the rule unit test format in
 //! [`testfile`]; the simulation is `rules::replay`.
 
+mod push;
 mod testfile;
+
+pub use push::{PushArgs, keygen, push};
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 
 mod broker;
 mod modbus;
+mod remote;
 mod sections;
 
 use std::collections::{BTreeMap, HashSet};
@@ -16,11 +17,11 @@ use toml::de::DeValue;
 
 use super::files::Files;
 use super::raw::{
-    RawGateway, RawHomeAssistant, RawHttp, RawMqtt, RawOutbox, RawSerial, RawSimulate, RawUpstream,
-    SECTIONS,
+    RawGateway, RawHomeAssistant, RawHttp, RawMqtt, RawOutbox, RawRemote, RawSerial, RawSimulate,
+    RawUpstream, SECTIONS,
 };
 use super::rules_file::{Places, load_rules_placed};
-use super::{BrokerUrl, Config, HttpConfig, MqttSourceConfig, OutboxConfig};
+use super::{BrokerUrl, Config, HttpConfig, MqttSourceConfig, OutboxConfig, RemoteConfig};
 use crate::diagnostic::{Diagnostic, Diagnostics, Source, deserialize_lenient};
 use crate::rules::Rule;
 use crate::tls;
@@ -85,6 +86,13 @@ pub fn compile(path: &Path, text: &str, files: &dyn Files) -> Result<Config, Dia
             u.homeassistant = ha;
         }
     }
+    let remote = match sections.get("remote") {
+        Some(v) => c
+            .de::<RawRemote>(v)
+            .map(|raw| c.remote(raw, v.span(), upstream.is_some()))
+            .unwrap_or_default(),
+        None => RemoteConfig::default(),
+    };
     let outbox = match sections.get("outbox") {
         Some(v) => c.de::<RawOutbox>(v).and_then(|raw| c.outbox(raw)),
         None => Some(OutboxConfig::default()),
@@ -150,6 +158,7 @@ pub fn compile(path: &Path, text: &str, files: &dyn Files) -> Result<Config, Dia
             mqtt,
             simulate,
             modbus,
+            remote,
             rules,
             warnings,
         }),

@@ -38,6 +38,8 @@ pub struct MosquittoOpts {
     /// A listener on `auth_port()` that takes only the users of this
     /// password file (see `password_file`).
     pub password_file: Option<PathBuf>,
+    /// An ACL file for the password listener (`acl_file`).
+    pub acl_file: Option<PathBuf>,
     /// More global configuration lines (`max_packet_size 4096`, ...).
     pub extra: String,
     /// A benchmark's broker: no persistence, no per-message log lines, no
@@ -168,6 +170,9 @@ impl Mosquitto {
                 self.auth_port,
                 p.display()
             ));
+            if let Some(acl) = &self.opts.acl_file {
+                conf.push_str(&format!("acl_file {}\n", acl.display()));
+            }
         }
         // Run as root (CI), mosquitto would switch to the `mosquitto` user,
         // which cannot write into our private temporary folder.
