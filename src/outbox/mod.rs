@@ -257,12 +257,24 @@ pub struct Options {
     /// `flush = "always"`: alerts are published only once durable, so an
     /// unclean stop cannot have published a seq the log lost.
     pub flush_always: bool,
+    /// `[outbox] max_bytes`: the size of segments follows it (also given
+    /// to [`Outbox::set_bounds`], which enforces it).
+    pub max_bytes: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { flush_always: true }
+        Options {
+            flush_always: true,
+            max_bytes: u64::MAX,
+        }
     }
+}
+
+/// The segment size for a byte bound: a small outbox on a small disk frees
+/// space in small steps; a large one rolls (and syncs its folder) rarely.
+fn segment_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / 16).clamp(SEGMENT_MIN, SEGMENT_MAX)
 }
 
 /// One stored alert.
@@ -432,8 +444,7 @@ impl Outbox {
         st.bounds = bounds;
         // Segments follow the bound, so a small outbox on a small
         // filesystem frees space in small steps.
-        let seg = (bounds.max_bytes / 16).clamp(SEGMENT_MIN, SEGMENT_MAX);
-        st.log.set_segment_bytes(seg);
+        st.log.set_segment_bytes(segment_bytes(bounds.max_bytes));
         let now = st.last;
         if let Err(e) = self.enforce_bytes(&mut st, now) {
             warn!(error = %e, "cannot apply the outbox bound");

@@ -251,9 +251,12 @@ impl Outbox {
             last_wall: cp.wall_ms,
             ..Replay::default()
         };
-        let (log, damage) = Log::open(&root.join("log"), SEGMENT_MIN, now.wall_ms, |loc, body| {
-            rp.record(loc, body, loc >= cp_pos, &cp.dead)
-        })?;
+        let (log, damage) = Log::open(
+            &root.join("log"),
+            segment_bytes(opts.max_bytes),
+            now.wall_ms,
+            |loc, body| rp.record(loc, body, loc >= cp_pos, &cp.dead),
+        )?;
         // The checkpoint is taken after a sync of everything before its
         // place: a log that ends before it went back in time.
         let rolled_back = log.end() < cp_pos && cp_pos.seg > 0;

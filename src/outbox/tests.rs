@@ -468,6 +468,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn with_a_flush_period_an_unclean_stop_changes_the_prefix_and_a_clean_one_does_not() {
     let period = Options {
         flush_always: false,
+        ..Options::default()
     };
     let dir = tempfile::tempdir().unwrap();
     let (o, _) = open_opts(dir.path(), period, at(0));

@@ -246,6 +246,7 @@ async fn open_outbox(
         .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
     let opts = crate::outbox::Options {
         flush_always: config.outbox.flush == crate::config::FlushPolicy::Always,
+        max_bytes: config.outbox.max_bytes,
     };
     let now = clock.now();
     let (outbox, events) =
