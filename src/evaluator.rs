@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::outbox::{Batch, Outbox};
 use crate::reading::{Clock, Reading};
-use crate::rules::{AlertDraft, Changes, Engine, EngineSnapshot, LocalPublish, Rule};
+use crate::rules::{AlertDraft, Changes, Engine, EngineSnapshot, Limits, LocalPublish, Rule};
 use crate::telemetry::Telemetry;
 
 /// How often the engine's timers (`for`, `repeat`, `silent_for`) are checked.
@@ -70,12 +70,12 @@ impl Evaluator {
     /// An engine for `rules`, continuing from the state saved in the
     /// outbox: unchanged rules keep their pairs; firing pairs of rules that
     /// are gone or changed are resolved. An unreadable state starts fresh.
-    pub fn restore(rules: Vec<Rule>, outbox: &Outbox, clock: Clock) -> Evaluator {
+    pub fn restore(rules: Vec<Rule>, limits: Limits, outbox: &Outbox, clock: Clock) -> Evaluator {
         let mut out = Vec::new();
         let now = clock.now();
         let saved = outbox.take_engine_state().unwrap_or_default();
         let engine = if !saved.entries.is_empty() {
-            let engine = Engine::restore_state(rules, &saved.entries, now, &mut out);
+            let engine = Engine::restore_state(rules, limits, &saved.entries, now, &mut out);
             info!(firing = engine.firing().len(), "rule state restored");
             engine
         } else {
@@ -85,15 +85,15 @@ impl Evaluator {
             {
                 // An outbox of the earlier format: its one snapshot.
                 Some(Ok(snap)) => {
-                    let engine = Engine::restore(rules, snap, now, &mut out);
+                    let engine = Engine::restore(rules, limits, snap, now, &mut out);
                     info!(firing = engine.firing().len(), "rule state restored");
                     engine
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "the saved rule state is unreadable; starting fresh");
-                    Engine::new(rules)
+                    Engine::with_limits(rules, limits)
                 }
-                None => Engine::new(rules),
+                None => Engine::with_limits(rules, limits),
             }
         };
         Evaluator { engine, clock, out }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::BrokerConfig;
 use crate::diagnostic::Diagnostic;
 use crate::payload::Format;
-use crate::rules::Rule;
+use crate::rules::{Limits, Rule};
 use crate::topic::SensorTemplate;
 
 /// The whole, validated configuration.
@@ -25,6 +25,8 @@ pub struct Config {
     pub simulate: Vec<SimulateConfig>,
     /// The rules of every file in `gateway.rules`, already validated.
     pub rules: Vec<Rule>,
+    /// `[rules]`: how much state the rules may keep.
+    pub limits: Limits,
     /// Things that work but should be fixed (a private key others can
     /// read), as `FILE:LINE:COL: warning: ...`: printed by `check`, logged
     /// at start.

@@ -66,7 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "outpost starting"
     );
 
-    let evaluator = Evaluator::restore(config.rules.clone(), &outbox, clock);
+    let evaluator = Evaluator::restore(config.rules.clone(), config.limits, &outbox, clock);
 
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_QUEUE);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(256);
