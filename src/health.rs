@@ -10,6 +10,8 @@
 //!            "dropped":{"info":0,"warning":0,"critical":0,"total":0},
 //!            "events_pending":0,"errors":0,"flushes":40},
 //!  "alerts":{"created":42,"published":42,"acknowledged":42},
+//!  "rules":{"rules":4,"pairs":812,"max_pairs":20000,"on_max_pairs":"evict","pairs_evicted":0,
+//!           "pairs_refused":0,"samples":3000,"max_samples":250000,"samples_thinned":0},
 //!  "sources":[{"name":"bench","kind":"serial","connected":true,
 //!              "messages":120,"readings":240,"errors":{"syntax":1},"reopens":0}]}
 //! ```
@@ -22,6 +24,7 @@ use serde::Serialize;
 
 use crate::alert::rfc3339_ms;
 use crate::outbox::{BySeverity, Stats};
+use crate::rules::EngineStats;
 use crate::telemetry::Telemetry;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,6 +36,8 @@ pub struct Health {
     pub upstream: UpstreamHealth,
     pub outbox: OutboxHealth,
     pub alerts: AlertCounts,
+    /// The rules' state against its limits (`[rules]`).
+    pub rules: EngineStats,
     pub sources: Vec<SourceHealth>,
 }
 
@@ -129,6 +134,7 @@ impl Health {
                 published: load(&t.alerts_published),
                 acknowledged: load(&t.alerts_acked),
             },
+            rules: t.engine(),
             sources: t
                 .sources()
                 .iter()
@@ -147,13 +153,17 @@ impl Health {
 
     /// What counts as a change worth publishing at once (not every reading
     /// or alert: those refresh on the minute): drops, reconnects, errors,
-    /// a source coming or going, the outbox becoming empty or not.
+    /// a source coming or going, the outbox becoming empty or not, the
+    /// rules refusing a pair or starting to evict or thin.
     pub fn signature(&self) -> Vec<u64> {
         let mut s = vec![
             self.outbox.dropped.total,
             self.upstream.reconnects,
             self.outbox.errors,
             u64::from(self.outbox.depth == 0),
+            self.rules.pairs_refused,
+            u64::from(self.rules.pairs_evicted > 0),
+            u64::from(self.rules.samples_thinned > 0),
         ];
         for src in &self.sources {
             s.push(u64::from(src.connected));
@@ -216,6 +226,20 @@ mod tests {
         assert_eq!(v["sources"][0]["errors"]["syntax"], 1);
         assert_eq!(v["ts"], "2027-01-15T08:00:12.500Z");
         assert_eq!(v["uptime_s"], 3600);
+        assert_eq!(
+            v["rules"]["max_pairs"], 0,
+            "nothing published by the engine yet"
+        );
+        t.set_engine(EngineStats {
+            pairs: 20_000,
+            max_pairs: 20_000,
+            pairs_evicted: 7,
+            ..EngineStats::default()
+        });
+        let h = Health::gather("gw", &t, &stats(), 0, Duration::ZERO);
+        let v: serde_json::Value = serde_json::from_slice(&h.to_payload()).unwrap();
+        assert_eq!(v["rules"]["pairs_evicted"], 7);
+        assert_eq!(v["rules"]["on_max_pairs"], "evict");
     }
 
     #[test]
@@ -240,5 +264,31 @@ mod tests {
             Health::gather("gw", &t, &s, 5, Duration::ZERO).signature(),
             b
         );
+        // The rules: a refusal, the first eviction; not the pair count.
+        let mut e = EngineStats {
+            pairs: 10,
+            ..EngineStats::default()
+        };
+        t.set_engine(e);
+        let c = Health::gather("gw", &t, &stats(), 5, Duration::ZERO).signature();
+        e.pairs = 11;
+        t.set_engine(e);
+        assert_eq!(
+            Health::gather("gw", &t, &stats(), 5, Duration::ZERO).signature(),
+            c
+        );
+        for bump in [
+            |e: &mut EngineStats| e.pairs_refused += 1,
+            |e: &mut EngineStats| e.pairs_evicted += 1,
+            |e: &mut EngineStats| e.samples_thinned += 1,
+        ] {
+            let before = Health::gather("gw", &t, &stats(), 5, Duration::ZERO).signature();
+            bump(&mut e);
+            t.set_engine(e);
+            assert_ne!(
+                Health::gather("gw", &t, &stats(), 5, Duration::ZERO).signature(),
+                before
+            );
+        }
     }
 }

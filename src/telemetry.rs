@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::rules::AlertState;
-use crate::rules::FiringInfo;
+use crate::rules::{EngineStats, FiringInfo};
 
 /// Buckets of the publish latency histogram, in seconds: 1 ms to about 33 s.
 /// A LAN broker answers in milliseconds, a cloud one over a cellular link in
@@ -135,6 +135,9 @@ pub struct Telemetry {
     alerts: Mutex<BTreeMap<(String, &'static str), AlertCounts>>,
     /// The pairs firing now, as the engine task last published them.
     firing: Mutex<Vec<FiringInfo>>,
+    /// The rule engine's pairs and samples against its limits, and what
+    /// hitting them did, as the engine task last published them.
+    engine: Mutex<EngineStats>,
 }
 
 /// Alerts of one (rule, state).
@@ -169,6 +172,7 @@ impl Telemetry {
             sources: Mutex::new(Vec::new()),
             alerts: Mutex::new(BTreeMap::new()),
             firing: Mutex::new(Vec::new()),
+            engine: Mutex::new(EngineStats::default()),
         }
     }
 
@@ -208,6 +212,16 @@ impl Telemetry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Replaces the engine's counters (called by the engine task).
+    pub fn set_engine(&self, stats: EngineStats) {
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+    }
+
+    /// The engine's counters.
+    pub fn engine(&self) -> EngineStats {
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How long ago the pipeline last made progress, given the monotonic

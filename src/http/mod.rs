@@ -33,8 +33,8 @@ use crate::outbox::Outbox;
 use crate::reading::Clock;
 use crate::telemetry::Telemetry;
 use status::{
-    AlertsStatus, FiringAlert, OldestAlert, OutboxStatus, PipelineStatus, RulesStatus,
-    SourceStatus, Status, UpstreamStatus,
+    AlertsStatus, FiringAlert, OldestAlert, OutboxStatus, PipelineStatus, RuleStateStatus,
+    RulesStatus, SourceStatus, Status, UpstreamStatus,
 };
 
 /// No engine progress for this long and `/healthz` answers 503. The engine
@@ -155,6 +155,19 @@ impl HttpState {
                 loaded: t.rules_loaded.load(Ordering::Relaxed),
                 reloads: t.rule_reloads.load(Ordering::Relaxed),
                 reload_errors: t.rule_reload_errors.load(Ordering::Relaxed),
+                state: {
+                    let e = t.engine();
+                    RuleStateStatus {
+                        pairs: e.pairs as u64,
+                        max_pairs: e.max_pairs as u64,
+                        on_max_pairs: e.on_max_pairs.as_str().to_string(),
+                        pairs_evicted: e.pairs_evicted,
+                        pairs_refused: e.pairs_refused,
+                        samples: e.samples as u64,
+                        max_samples: e.max_samples as u64,
+                        samples_thinned: e.samples_thinned,
+                    }
+                },
             },
         }
     }

@@ -24,8 +24,11 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 /// What `max_pairs` does to a reading that needs a new pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnMaxPairs {
     /// Evict the longest idle pair (see the module header) to make room.
     #[default]

@@ -107,6 +107,7 @@ pub struct EngineStats {
     /// Pairs stored (pending, firing, windowed or watched for silence).
     pub pairs: usize,
     pub max_pairs: usize,
+    pub on_max_pairs: OnMaxPairs,
     /// Idle pairs evicted to make room for new ones (`on_max_pairs = "evict"`).
     pub pairs_evicted: u64,
     /// Readings that needed a new pair and got none: `on_max_pairs =
@@ -660,6 +661,7 @@ impl Engine {
             rules: self.live.len(),
             pairs: self.pairs,
             max_pairs: self.limits.max_pairs,
+            on_max_pairs: self.limits.on_max_pairs,
             pairs_evicted: self.pairs_evicted,
             pairs_refused: self.pairs_refused,
             samples: self.samples,
