@@ -45,6 +45,10 @@ pub struct PairSnapshot {
     /// stands for more than one (else empty: one each).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<u32>,
+    /// Ms from each sample's oldest reading to its newest, when a thinned
+    /// window has any that stands for more than one (else empty: 0 each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spans: Vec<u32>,
     /// Silent rules: how long ago the last reading came, and its wall time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<SeenSnapshot>,
@@ -125,6 +129,9 @@ impl Engine {
             let rules: Vec<Rule> = engine.live.iter().map(|s| s.rule.clone()).collect();
             let matches = pair_up(snap.rules.iter().map(|r| &r.rule), &rules);
             let mut old: Vec<Option<RuleSnapshot>> = snap.rules.into_iter().map(Some).collect();
+            // Pending and firing pairs first (always kept), then the others
+            // while there is room.
+            let mut rest = Vec::new();
             for (i, matched) in matches.into_iter().enumerate() {
                 let Some(rs) = matched.and_then(|m| old.get_mut(m)).and_then(Option::take) else {
                     continue;
@@ -136,14 +143,21 @@ impl Engine {
                     let Some(live) = engine.live.get(i) else {
                         continue;
                     };
-                    let keep = !pair.is_idle()
-                        && (live.single || !live.evictable(&pair) || engine.has_room());
-                    if keep {
-                        engine.insert(i, &ps.sensor, &ps.metric, pair, false);
-                    } else {
+                    if pair.is_idle() {
                         let key = pair_key(&live.rule.id, &ps.sensor, &ps.metric);
                         engine.stale.push(key);
+                    } else if live.single || !live.evictable(&pair) {
+                        engine.insert(i, &ps.sensor, &ps.metric, pair, false);
+                    } else {
+                        rest.push((i, ps.sensor, ps.metric, pair));
                     }
+                }
+            }
+            for (i, sensor, metric, pair) in rest {
+                if engine.has_room() {
+                    engine.insert(i, &sensor, &metric, pair, false);
+                } else if let Some(live) = engine.live.get(i) {
+                    engine.stale.push(pair_key(&live.rule.id, &sensor, &metric));
                 }
             }
             for rs in old.into_iter().flatten() {
@@ -171,6 +185,7 @@ impl Pair {
         let at = |age: u64| t.saturating_sub(ms(age));
         let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
         let weight = |i: usize| ps.weights.get(i).copied().unwrap_or(1).max(1);
+        let span = |i: usize| ps.spans.get(i).copied().unwrap_or(0);
         Pair {
             phase: match ps.phase {
                 PhaseSnapshot::Ok => Phase::Ok,
@@ -206,6 +221,7 @@ impl Pair {
                     at: at(age),
                     value,
                     weight: weight(i),
+                    span: span(i),
                 })
                 .collect(),
             seen: ps.last_seen.map(|s| Seen {

@@ -128,6 +128,11 @@ pub(super) fn pair_snapshot(
         } else {
             Vec::new()
         },
+        spans: if samples && pair.samples.iter().any(|s| s.span != 0) {
+            pair.samples.iter().map(|s| s.span).collect()
+        } else {
+            Vec::new()
+        },
         last_seen: pair.seen.map(|s| SeenSnapshot {
             age_ms: elapsed(s.at, t),
             wall_ms: s.wall,

@@ -1066,6 +1066,8 @@ fn a_dirty_cut_reports_each_touched_pair_once_and_only_a_full_cut_carries_window
     assert_eq!(ps.samples.len(), 5);
 }
 
+mod bounds;
+
 mod props {
     use super::*;
     use proptest::prelude::*;
@@ -1147,7 +1149,7 @@ mod props {
         ]
     }
 
-    fn rules(max: usize) -> impl Strategy<Value = Vec<Rule>> {
+    pub(super) fn rules(max: usize) -> impl Strategy<Value = Vec<Rule>> {
         let one = (
             0..SENSOR_GLOBS.len(),
             0..METRIC_GLOBS.len(),

@@ -3,18 +3,21 @@
 //!
 //! Thinning merges samples that are close in time: the window, up to the
 //! newest sample (always kept as it came), is cut into at most `limit - 1`
-//! equal slices and the samples of each slice become one. What a merged
-//! sample keeps depends on what the rule tests, so the aggregates stay
-//! sensible:
+//! slices of equal length, and the samples starting within a slice of the
+//! first one of a run become one. A merged sample remembers the time
+//! between its oldest and newest reading (`span`), so it never takes in
+//! readings more than about two slices apart, however often it is thinned
+//! again. What a merged sample keeps depends on what the rule tests, so the
+//! aggregates stay sensible:
 //! - `avg`: the mean of its readings, weighted by how many it stands for,
 //!   so the window's average is that of every reading kept;
 //! - `min`, `max`: the lowest or highest of its readings;
 //! - these three take the time of their newest reading and leave the
-//!   window with it: a thinned window reaches back at most one slice
+//!   window with it: a thinned window reaches back at most two slices
 //!   further than the rule's (an old extreme is kept a little longer);
-//! - `rate_*`: the first reading of the slice, with its time: the rate is
-//!   still (newest - oldest) / time between them, over a window at most one
-//!   slice shorter.
+//! - `rate_*`: the first reading, with its time: the rate is still
+//!   (newest - oldest) / the time between them, over a window up to two
+//!   slices shorter.
 //!
 //! Samples are kept in arrival order; if the clock ran backwards they may
 //! not be sorted by time, and merging pairs of neighbours then halves them
@@ -31,10 +34,14 @@ pub(super) const MIN_KEPT: usize = 2;
 /// One window sample: a reading, or after thinning several merged.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Sample {
+    /// When it leaves the window: its newest reading's time, or for rates
+    /// its oldest's (see [`Merge`]).
     pub(super) at: Mono,
     pub(super) value: f64,
     /// Readings it stands for: 1 until thinned.
     pub(super) weight: u32,
+    /// Ms from its oldest reading to its newest: 0 until thinned.
+    pub(super) span: u32,
 }
 
 impl Sample {
@@ -43,6 +50,7 @@ impl Sample {
             at,
             value,
             weight: 1,
+            span: 0,
         }
     }
 }
@@ -69,29 +77,43 @@ impl Merge {
         }
     }
 
-    /// `a` and the newer `b` as one sample.
+    /// The time of the oldest reading `s` stands for.
+    fn oldest(self, s: &Sample) -> Mono {
+        match self {
+            Merge::First => s.at,
+            _ => s.at.saturating_sub(i64::from(s.span)),
+        }
+    }
+
+    /// The time of the newest reading `s` stands for.
+    fn newest(self, s: &Sample) -> Mono {
+        match self {
+            Merge::First => s.at.saturating_add(i64::from(s.span)),
+            _ => s.at,
+        }
+    }
+
+    /// `a` and its neighbour `b` (usually newer) as one sample.
     fn merge(self, a: Sample, b: Sample) -> Sample {
         let weight = a.weight.saturating_add(b.weight);
-        match self {
+        let oldest = self.oldest(&a).min(self.oldest(&b));
+        let newest = self.newest(&a).max(self.newest(&b));
+        let span = u32::try_from(newest.saturating_sub(oldest)).unwrap_or(u32::MAX);
+        let (at, value) = match self {
             Merge::Avg => {
                 let (wa, wb) = (f64::from(a.weight), f64::from(b.weight));
-                Sample {
-                    at: b.at,
-                    value: (a.value * wa + b.value * wb) / (wa + wb),
-                    weight,
-                }
+                (newest, (a.value * wa + b.value * wb) / (wa + wb))
             }
-            Merge::Min => Sample {
-                at: b.at,
-                value: a.value.min(b.value),
-                weight,
-            },
-            Merge::Max => Sample {
-                at: b.at,
-                value: a.value.max(b.value),
-                weight,
-            },
-            Merge::First => Sample { weight, ..a },
+            Merge::Min => (newest, a.value.min(b.value)),
+            Merge::Max => (newest, a.value.max(b.value)),
+            Merge::First if self.oldest(&b) < self.oldest(&a) => (oldest, b.value),
+            Merge::First => (oldest, a.value),
+        };
+        Sample {
+            at,
+            value,
+            weight,
+            span,
         }
     }
 }
@@ -141,13 +163,15 @@ pub(super) fn thin(samples: &mut Samples, limit: usize, merge: Merge) -> usize {
     let slices = limit - 1;
     let older = samples.make_contiguous();
     // `older` is not empty: `before > limit >= 2`.
-    let t0 = older.first().map_or(0, |s| s.at);
-    let t1 = older.last().map_or(0, |s| s.at);
-    let span = u64::try_from(t1.saturating_sub(t0)).unwrap_or(0);
-    // span / width < slices, so the slice indices run 0..slices.
+    let first = older.first().map_or(0, |s| merge.oldest(s));
+    let last = older.last().map_or(0, |s| merge.oldest(s));
+    let span = u64::try_from(last.saturating_sub(first)).unwrap_or(0);
+    // span / width < slices: runs starting `width` apart fit in `slices`.
     let width = span / u64::try_from(slices).unwrap_or(u64::MAX) + 1;
-    let slice = |s: &Sample| u64::try_from(s.at.saturating_sub(t0)).unwrap_or(0) / width;
-    let mut kept = merge_runs(older, merge, |a, b| slice(a) == slice(b));
+    let mut kept = merge_runs(older, merge, |run, next| {
+        let gap = next_gap(merge.oldest(run), merge.oldest(next));
+        gap < width
+    });
     // Unsorted times (a clock that ran backwards) make more runs than
     // slices: merge neighbours pairwise until they fit.
     while kept > slices {
@@ -163,9 +187,14 @@ pub(super) fn thin(samples: &mut Samples, limit: usize, merge: Merge) -> usize {
     before - samples.len()
 }
 
+/// Ms from `from` to `to`, 0 if `to` is earlier.
+fn next_gap(from: Mono, to: Mono) -> u64 {
+    u64::try_from(to.saturating_sub(from)).unwrap_or(0)
+}
+
 /// Merges each run of consecutive samples that `same` says belong together
-/// (asked of a sample and the next), in place; returns how many remain at
-/// the front of `s`.
+/// (asked of the run so far, merged, and the next sample), in place;
+/// returns how many remain at the front of `s`.
 fn merge_runs(
     s: &mut [Sample],
     merge: Merge,
@@ -238,14 +267,7 @@ mod tests {
         let mut s = window((0..1000).map(|i| (i * 10, i as f64 * 2.0)));
         thin(&mut s, 50, Merge::First);
         assert!(s.len() <= 50);
-        assert_eq!(
-            s.front(),
-            Some(&Sample {
-                at: 0,
-                value: 0.0,
-                weight: s[0].weight
-            })
-        );
+        assert_eq!((s[0].at, s[0].value), (0, 0.0));
         assert_eq!(s.back(), Some(&Sample::new(9990, 1998.0)));
         // Every kept reading is a real one: the slope between any two is 2 per 10 ms.
         assert!(s.iter().all(|x| x.value == x.at as f64 / 5.0));
@@ -262,6 +284,35 @@ mod tests {
                 .iter()
                 .all(|&w| (99..=101).contains(&w)),
             "{weights:?}"
+        );
+    }
+
+    #[test]
+    fn a_merged_spike_leaves_a_sliding_window_within_two_slices_of_its_time() {
+        // Readings every 10 ms in a 10 s window, a spike at 5 s, the window
+        // thinned to 8 whenever it holds 16 (as a pair's cap does): merged
+        // again and again, the spike's sample never takes in readings more
+        // than two slices (10 s / 7) after it.
+        let slice = 10_000 / 7 + 1;
+        let mut s = Samples::new();
+        let mut gone_at = None;
+        for t in (0..30_000).step_by(10) {
+            expire(&mut s, t - 10_000);
+            if s.len() >= 16 {
+                thin(&mut s, 8, Merge::Max);
+            }
+            s.push_back(Sample::new(t, if t == 5_000 { 99.0 } else { 20.0 }));
+            let has_spike = s.iter().any(|x| x.value == 99.0);
+            match gone_at {
+                None if t > 5_000 && !has_spike => gone_at = Some(t),
+                Some(_) => assert!(!has_spike, "back at {t}"),
+                None => {}
+            }
+        }
+        let gone_at = gone_at.expect("the spike left");
+        assert!(
+            (15_000..=15_000 + 2 * slice).contains(&gone_at),
+            "gone at {gone_at}"
         );
     }
 
