@@ -13,6 +13,8 @@ mod harness;
 mod e2e;
 /// The example configs with their devices' real payloads.
 mod examples;
+/// The rules' limits under a flood of sensor ids.
+mod limits;
 /// The commands that need no broker and no running gateway.
 mod offline;
 /// The outbox's promises with links broken and processes killed.
