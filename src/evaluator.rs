@@ -369,13 +369,17 @@ mod tests {
     }
 
     fn start(rules: Vec<Rule>) -> Running {
+        start_with(Engine::new(rules))
+    }
+
+    fn start_with(engine: Engine) -> Running {
         let (readings, readings_rx) = mpsc::channel(16);
         let (control, control_rx) = mpsc::channel(4);
         let (batches_tx, batches) = mpsc::channel(16);
         let (actions_tx, actions) = mpsc::channel(16);
         let telemetry = Arc::new(Telemetry::new());
         let evaluator = Evaluator {
-            engine: Engine::new(rules),
+            engine,
             clock: Clock::new(),
             out: Vec::new(),
         };
@@ -417,6 +421,40 @@ mod tests {
         assert_eq!((a.topic.as_str(), a.payload.as_str()), ("fan/set", "ON"));
         assert_eq!(e.telemetry.firing().len(), 1);
         assert_eq!(e.telemetry.alerts_created.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_engines_counters_reach_telemetry_with_each_batch() {
+        let mut r = rule("hot", 30.0);
+        r.for_ms = 60_000;
+        let limits = Limits {
+            max_pairs: 2,
+            ..Limits::default()
+        };
+        let e = start_with(Engine::with_limits(vec![r], limits));
+        let pending = |s: &str| Reading {
+            sensor: s.into(),
+            ..reading(31.0)
+        };
+        e.readings
+            .send(vec![pending("a"), pending("b"), pending("c")])
+            .await
+            .unwrap();
+        let stats = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let s = e.telemetry.engine();
+                if s.pairs_refused > 0 {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the counters in telemetry");
+        assert_eq!(
+            (stats.pairs, stats.max_pairs, stats.pairs_refused),
+            (2, 2, 1)
+        );
     }
 
     #[tokio::test(start_paused = true)]

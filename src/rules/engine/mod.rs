@@ -157,7 +157,8 @@ pub struct Engine {
     samples: usize,
     /// Which pair to evict (see `bounds.rs`).
     idle: Idle,
-    /// Readings applied to stored pairs so far: the slots' stamps.
+    /// Pairs made or given a reading so far: the slots' stamps, in idle
+    /// order.
     stamp: u64,
     pairs_evicted: u64,
     pairs_refused: u64,
@@ -369,11 +370,11 @@ impl Engine {
     fn take(&mut self, i: usize, slot: u32) -> Option<Slot> {
         let live = self.live.get_mut(i)?;
         let s = live.remove(slot)?;
-        self.pairs -= 1;
+        self.pairs = self.pairs.saturating_sub(1);
         if live.single {
-            self.single -= 1;
+            self.single = self.single.saturating_sub(1);
         }
-        self.samples -= s.pair.samples.len();
+        self.samples = self.samples.saturating_sub(s.pair.samples.len());
         Some(s)
     }
 
@@ -430,7 +431,7 @@ impl Engine {
             out,
         );
         s.pair.dirty = true;
-        self.samples = self.samples - samples + s.pair.samples.len();
+        self.samples = self.samples.saturating_sub(samples) + s.pair.samples.len();
         self.samples_thinned = self.samples_thinned.saturating_add(thinned as u64);
         if out.len() > before {
             let id = live.rule.id.clone();
@@ -528,7 +529,7 @@ impl Engine {
             let merge = live.merge;
             for (_, s) in live.pairs.iter_mut() {
                 let gone = thin(&mut s.pair.samples, share, merge);
-                self.samples -= gone;
+                self.samples = self.samples.saturating_sub(gone);
                 self.samples_thinned = self.samples_thinned.saturating_add(gone as u64);
             }
         }

@@ -129,7 +129,7 @@ impl Slots {
             entry.remove();
         }
         self.free.push(i);
-        self.len -= 1;
+        self.len = self.len.saturating_sub(1);
         Some(s)
     }
 
