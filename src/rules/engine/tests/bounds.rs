@@ -279,6 +279,45 @@ fn restore_keeps_what_fires_and_what_fits_and_removes_the_rest() {
 }
 
 #[test]
+fn a_restore_thins_saved_windows_to_the_limits_in_force_and_keeps_their_mean() {
+    let mut e = Engine::new(vec![window_rule()]);
+    for i in 0..2_000u64 {
+        read(&mut e, i, &format!("s{}", i % 4), (i % 7) as f64);
+    }
+    let mean = |e: &Engine| {
+        let (mut sum, mut n) = (0.0, 0.0);
+        for (_, s) in e.live[0].pairs.iter() {
+            for x in &s.pair.samples {
+                sum += x.value * f64::from(x.weight);
+                n += f64::from(x.weight);
+            }
+        }
+        sum / n
+    };
+    let before = mean(&e);
+    let mut store = BTreeMap::new();
+    apply(&mut store, e.state_changes(Changes::Full, now(2_000)));
+    let l = Limits {
+        max_pairs: 4,
+        on_max_pairs: OnMaxPairs::Evict,
+        max_samples: 40,
+        max_samples_per_pair: 16,
+    };
+    let mut out = Vec::new();
+    let mut r = Engine::restore_state(vec![window_rule()], l, &store, now(2_000), &mut out);
+    let s = r.stats();
+    assert_eq!((s.pairs, counted(&r)), (4, (4, s.samples)));
+    assert!(s.samples <= 40, "{s:?}");
+    assert!((mean(&r) - before).abs() < 1e-9, "{} vs {before}", mean(&r));
+    // Saved again with their weights, they come back the same.
+    let mut again = BTreeMap::new();
+    apply(&mut again, r.state_changes(Changes::Full, now(2_000)));
+    let r2 = Engine::restore_state(vec![window_rule()], l, &again, now(2_000), &mut out);
+    assert_eq!(counted(&r2), counted(&r));
+    assert!((mean(&r2) - before).abs() < 1e-9);
+}
+
+#[test]
 fn a_window_past_max_samples_per_pair_is_thinned_and_stays_sensible() {
     let per_pair = |r: Rule| {
         Engine::with_limits(
