@@ -63,7 +63,7 @@ use bounds::{Entry, Idle};
 pub use bounds::{Limits, OnMaxPairs};
 use index::Index;
 use pair::{At, LiveRule, Pair, firing_pairs, pair_deadline, resolve_all, run_timers, step};
-use slots::Slot;
+use slots::{Keys, Slot};
 pub use snapshot::{EngineSnapshot, PairSnapshot, PhaseSnapshot, RuleSnapshot, SeenSnapshot};
 pub use state::{Change, Changes};
 use window::thin;
@@ -148,6 +148,8 @@ pub struct Engine {
     deadline_hint: Option<Mono>,
     /// The limits in force ([`Limits::effective`]).
     limits: Limits,
+    /// How every rule's pairs are hashed (see `slots.rs`).
+    keys: Keys,
     /// Pairs stored, over all rules; `single` of them belong to rules that
     /// name one sensor and metric, for which `reserved` room is kept.
     pairs: usize,
@@ -210,13 +212,15 @@ impl Engine {
 
     /// An engine for these rules within these limits.
     pub fn with_limits(rules: Vec<Rule>, limits: Limits) -> Self {
-        let live: Vec<LiveRule> = rules.into_iter().map(LiveRule::new).collect();
+        let keys = Keys::new();
+        let live: Vec<LiveRule> = rules.into_iter().map(|r| LiveRule::new(r, &keys)).collect();
         let mut engine = Engine {
             index: Index::build(&live),
             live,
             started: false,
             deadline_hint: None,
             limits: limits.effective(),
+            keys,
             pairs: 0,
             single: 0,
             reserved: 0,
@@ -390,6 +394,8 @@ impl Engine {
         self.index.candidates(&r.sensor, &r.metric, &mut candidates);
         // Rule order, so output order matches a scan of all rules.
         candidates.sort_unstable();
+        // The same in every rule's pairs (one engine, one set of keys).
+        let mut hash = None;
         for &idx in &candidates {
             let i = idx as usize;
             let Some(live) = self.live.get(i) else {
@@ -398,7 +404,8 @@ impl Engine {
             if !live.rule.sensor.matches(&r.sensor) || !live.rule.metric.matches(&r.metric) {
                 continue;
             }
-            let deadline = match live.pairs.find(&r.sensor, &r.metric) {
+            let h = *hash.get_or_insert_with(|| live.pairs.hash(&r.sensor, &r.metric));
+            let deadline = match live.pairs.find_hashed(h, &r.sensor, &r.metric) {
                 Some(slot) => self.step_stored(i, slot, r, now, out),
                 None => self.step_new(i, r, now, out),
             };
@@ -599,7 +606,7 @@ impl Engine {
         let mut kept_or_new = Vec::with_capacity(rules.len());
         for (rule, matched) in rules.into_iter().zip(matches) {
             let kept = matched.and_then(|i| old.get_mut(i)).and_then(Option::take);
-            kept_or_new.push(kept.unwrap_or_else(|| LiveRule::new(rule)));
+            kept_or_new.push(kept.unwrap_or_else(|| LiveRule::new(rule, &self.keys)));
         }
         for gone in old.into_iter().flatten() {
             resolve_all(&gone.rule, &gone.pairs, now, out);

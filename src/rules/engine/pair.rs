@@ -3,7 +3,7 @@
 
 use super::condition::{tested_value, verdict, window_ms};
 use super::draft::{AlertFacts, draft};
-use super::slots::{Slot, Slots};
+use super::slots::{Keys, Slot, Slots};
 use super::window::{self, Merge, Sample, Samples};
 use super::{Mono, elapsed, mono, ms, seconds};
 use crate::reading::{Now, Reading};
@@ -78,12 +78,13 @@ pub(super) struct LiveRule {
 }
 
 impl LiveRule {
-    pub(super) fn new(rule: Rule) -> Self {
+    /// A rule with no pairs yet, hashing them with the engine's `keys`.
+    pub(super) fn new(rule: Rule, keys: &Keys) -> Self {
         LiveRule {
             single: rule.sensor.literal().is_some() && rule.metric.literal().is_some(),
             merge: Merge::of(&rule),
             rule,
-            pairs: Slots::default(),
+            pairs: Slots::new(keys.clone()),
             removed: Vec::new(),
         }
     }

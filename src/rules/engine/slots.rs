@@ -49,20 +49,33 @@ impl Slot {
     }
 }
 
+/// How (sensor, metric) are hashed: SipHash with random keys, as sensor
+/// ids come from outside and chosen ones must not pile up in one bucket.
+/// One per engine, shared by all its rules' `Slots`, so a reading's hash
+/// is computed once for every rule it concerns.
+pub(super) type Keys = std::collections::hash_map::RandomState;
+
 /// The pairs of one rule (see the module header).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Slots {
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     table: HashTable<u32>,
-    /// Per engine, random: sensor ids come from outside, and chosen ones
-    /// must not pile up in one bucket.
-    hasher: std::collections::hash_map::RandomState,
+    hasher: Keys,
     len: usize,
 }
 
 impl Slots {
-    fn hash(&self, sensor: &str, metric: &str) -> u64 {
+    pub(super) fn new(hasher: Keys) -> Self {
+        Slots {
+            hasher,
+            ..Slots::default()
+        }
+    }
+
+    /// The hash of (sensor, metric): the same in every `Slots` made with
+    /// the same keys.
+    pub(super) fn hash(&self, sensor: &str, metric: &str) -> u64 {
         hash(&self.hasher, sensor, metric)
     }
 
@@ -71,9 +84,14 @@ impl Slots {
     }
 
     pub(super) fn find(&self, sensor: &str, metric: &str) -> Option<u32> {
+        self.find_hashed(self.hash(sensor, metric), sensor, metric)
+    }
+
+    /// `find`, given `hash(sensor, metric)`.
+    pub(super) fn find_hashed(&self, h: u64, sensor: &str, metric: &str) -> Option<u32> {
         let slots = &self.slots;
         self.table
-            .find(self.hash(sensor, metric), |&i| {
+            .find(h, |&i| {
                 slot_at(slots, i).is_some_and(|s| s.is(sensor, metric))
             })
             .copied()
@@ -194,5 +212,15 @@ mod tests {
         assert_eq!(s.find("é", ""), Some(c));
         assert_eq!(s.sorted(vec![b, c]), [b, c]);
         assert_eq!(s.iter().count(), 2);
+    }
+
+    #[test]
+    fn slots_made_with_the_same_keys_share_hashes() {
+        let keys = Keys::new();
+        let (mut a, b) = (Slots::new(keys.clone()), Slots::new(keys));
+        let i = a.insert("s", "m", Pair::new(), 1);
+        assert_eq!(a.hash("s", "m"), b.hash("s", "m"));
+        assert_eq!(a.find_hashed(b.hash("s", "m"), "s", "m"), Some(i));
+        assert_eq!(a.find_hashed(b.hash("s", "m"), "s", "x"), None);
     }
 }
