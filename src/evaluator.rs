@@ -16,6 +16,10 @@
 //! pair with its window samples. At start the state is restored from the
 //! outbox ([`Evaluator::restore`]); the resolutions a restore emits go out
 //! with the first batch.
+//!
+//! The engine's counters (pairs and samples against `[rules]` limits) go to
+//! telemetry after every batch and tick; pairs evicted or refused and
+//! samples thinned are logged as a warning at most every [`BOUNDS_LOG_EVERY`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,13 +31,17 @@ use tracing::{debug, error, info, warn};
 
 use crate::outbox::{Batch, Outbox};
 use crate::reading::{Clock, Reading};
-use crate::rules::{AlertDraft, Changes, Engine, EngineSnapshot, LocalPublish, Rule};
-use crate::telemetry::Telemetry;
+use crate::rules::{
+    AlertDraft, Changes, Engine, EngineSnapshot, EngineStats, Limits, LocalPublish, Rule,
+};
+use crate::telemetry::{Telemetry, WarnLimiter};
 
 /// How often the engine's timers (`for`, `repeat`, `silent_for`) are checked.
 pub const TICK: Duration = Duration::from_millis(500);
 /// How often the pairs that changed without an alert are checkpointed.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(300);
+/// At most one warning per this about the engine's limits being hit.
+pub const BOUNDS_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Readings taken from the queue in one go at most.
 const READINGS_PER_GO: usize = 1024;
 /// Drafts handed over in one batch at most: what waits between the
@@ -70,12 +78,12 @@ impl Evaluator {
     /// An engine for `rules`, continuing from the state saved in the
     /// outbox: unchanged rules keep their pairs; firing pairs of rules that
     /// are gone or changed are resolved. An unreadable state starts fresh.
-    pub fn restore(rules: Vec<Rule>, outbox: &Outbox, clock: Clock) -> Evaluator {
+    pub fn restore(rules: Vec<Rule>, limits: Limits, outbox: &Outbox, clock: Clock) -> Evaluator {
         let mut out = Vec::new();
         let now = clock.now();
         let saved = outbox.take_engine_state().unwrap_or_default();
         let engine = if !saved.entries.is_empty() {
-            let engine = Engine::restore_state(rules, &saved.entries, now, &mut out);
+            let engine = Engine::restore_state(rules, limits, &saved.entries, now, &mut out);
             info!(firing = engine.firing().len(), "rule state restored");
             engine
         } else {
@@ -85,15 +93,15 @@ impl Evaluator {
             {
                 // An outbox of the earlier format: its one snapshot.
                 Some(Ok(snap)) => {
-                    let engine = Engine::restore(rules, snap, now, &mut out);
+                    let engine = Engine::restore(rules, limits, snap, now, &mut out);
                     info!(firing = engine.firing().len(), "rule state restored");
                     engine
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "the saved rule state is unreadable; starting fresh");
-                    Engine::new(rules)
+                    Engine::with_limits(rules, limits)
                 }
-                None => Engine::new(rules),
+                None => Engine::with_limits(rules, limits),
             }
         };
         Evaluator { engine, clock, out }
@@ -112,6 +120,8 @@ impl Evaluator {
             checkpoint_now: false,
             firing_stale: false,
             last_checkpoint: tokio::time::Instant::now(),
+            logged: EngineStats::default(),
+            bounds_log: WarnLimiter::new(BOUNDS_LOG_EVERY),
         };
         task.run().await;
     }
@@ -131,6 +141,9 @@ struct Task {
     /// The firing snapshot in telemetry lags the latest values.
     firing_stale: bool,
     last_checkpoint: tokio::time::Instant,
+    /// The engine's counters when its limits were last logged.
+    logged: EngineStats,
+    bounds_log: WarnLimiter,
 }
 
 impl Task {
@@ -141,6 +154,7 @@ impl Task {
         // The firing snapshot for /status and /metrics: refreshed when alerts
         // change it, and on a tick after readings (for the latest values).
         self.links.telemetry.set_firing(self.engine.firing());
+        self.report_bounds();
         loop {
             let mut done = false;
             tokio::select! {
@@ -153,6 +167,7 @@ impl Task {
                     Some(Control::Reload(rules)) => {
                         self.engine.reload(rules, self.clock.now(), &mut self.out);
                         self.links.telemetry.set_firing(self.engine.firing());
+                        self.report_bounds();
                         // The new definitions are stored at once: pairs of
                         // the new rules must never meet the old ones.
                         self.checkpoint_now = true;
@@ -194,6 +209,58 @@ impl Task {
         self.firing_stale = true;
         let t = &self.links.telemetry;
         t.last_progress_ms.store(now.mono_ms, Ordering::Relaxed);
+        self.report_bounds();
+    }
+
+    /// Publishes the engine's counters, and logs (rate-limited) what its
+    /// limits did since the last time it did.
+    fn report_bounds(&mut self) {
+        let s = self.engine.stats();
+        self.links.telemetry.set_engine(s);
+        let l = self.logged;
+        let evicted = s.pairs_evicted.saturating_sub(l.pairs_evicted);
+        let refused = s.pairs_refused.saturating_sub(l.pairs_refused);
+        let thinned = s.samples_thinned.saturating_sub(l.samples_thinned);
+        if evicted + refused + thinned == 0
+            || self
+                .bounds_log
+                .check(tokio::time::Instant::now().into_std())
+                .is_none()
+        {
+            return;
+        }
+        self.logged = s;
+        let limits = self.engine.limits();
+        if evicted + refused > 0 {
+            let latest = match self.engine.last_refused() {
+                Some((rule, sensor, metric)) if refused > 0 => {
+                    format!(" (the latest for rule `{rule}`, sensor `{sensor}`, metric `{metric}`)")
+                }
+                _ => String::new(),
+            };
+            warn!(
+                pairs = s.pairs,
+                max_pairs = s.max_pairs,
+                on_max_pairs = limits.on_max_pairs.as_str(),
+                evicted,
+                refused,
+                "rule state at max_pairs = {}: {evicted} idle pairs evicted, \
+                 {refused} readings refused a new pair{latest}; see [rules] in outpost.toml",
+                s.max_pairs
+            );
+        }
+        if thinned > 0 {
+            warn!(
+                samples = s.samples,
+                max_samples = s.max_samples,
+                max_samples_per_pair = limits.max_samples_per_pair,
+                thinned,
+                "window samples at their limit (max_samples = {}, max_samples_per_pair = {}): \
+                 {thinned} merged into coarser ones; see [rules] in outpost.toml",
+                s.max_samples,
+                limits.max_samples_per_pair
+            );
+        }
     }
 
     fn on_tick(&mut self) {
@@ -302,13 +369,17 @@ mod tests {
     }
 
     fn start(rules: Vec<Rule>) -> Running {
+        start_with(Engine::new(rules))
+    }
+
+    fn start_with(engine: Engine) -> Running {
         let (readings, readings_rx) = mpsc::channel(16);
         let (control, control_rx) = mpsc::channel(4);
         let (batches_tx, batches) = mpsc::channel(16);
         let (actions_tx, actions) = mpsc::channel(16);
         let telemetry = Arc::new(Telemetry::new());
         let evaluator = Evaluator {
-            engine: Engine::new(rules),
+            engine,
             clock: Clock::new(),
             out: Vec::new(),
         };
@@ -350,6 +421,40 @@ mod tests {
         assert_eq!((a.topic.as_str(), a.payload.as_str()), ("fan/set", "ON"));
         assert_eq!(e.telemetry.firing().len(), 1);
         assert_eq!(e.telemetry.alerts_created.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_engines_counters_reach_telemetry_with_each_batch() {
+        let mut r = rule("hot", 30.0);
+        r.for_ms = 60_000;
+        let limits = Limits {
+            max_pairs: 2,
+            ..Limits::default()
+        };
+        let e = start_with(Engine::with_limits(vec![r], limits));
+        let pending = |s: &str| Reading {
+            sensor: s.into(),
+            ..reading(31.0)
+        };
+        e.readings
+            .send(vec![pending("a"), pending("b"), pending("c")])
+            .await
+            .unwrap();
+        let stats = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let s = e.telemetry.engine();
+                if s.pairs_refused > 0 {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the counters in telemetry");
+        assert_eq!(
+            (stats.pairs, stats.max_pairs, stats.pairs_refused),
+            (2, 2, 1)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,7 +13,10 @@
 //!  "alerts":{"created":42,"published":42,"acknowledged":42},
 //!  "sources":[{"name":"bench","kind":"serial","connected":true,
 //!              "messages":120,"readings":240,"errors":{"syntax":1},"reopens":0}],
-//!  "rules":{"loaded":4,"version":"7","pushed":2,"hash":"sha256:9c1f..."}}
+//!  "rules":{"loaded":4,"version":"7","pushed":2,"hash":"sha256:9c1f...",
+//!           "state":{"rules":4,"pairs":812,"max_pairs":20000,"on_max_pairs":"evict",
+//!                    "pairs_evicted":0,"pairs_refused":0,"samples":3000,
+//!                    "max_samples":250000,"samples_thinned":0}}}
 //! ```
 
 use std::collections::BTreeMap;
@@ -24,6 +27,7 @@ use serde::Serialize;
 
 use crate::alert::rfc3339_ms;
 use crate::outbox::{BySeverity, Stats};
+use crate::rules::EngineStats;
 use crate::telemetry::Telemetry;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -40,13 +44,15 @@ pub struct Health {
 }
 
 /// The rules in force: how many, the version of the pushed ones (null when
-/// none is in force) and the hash of the whole set.
+/// none is in force) and the hash of the whole set; and their state against
+/// its limits (`[rules]`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RulesHealth {
     pub loaded: u64,
     pub version: Option<String>,
     pub pushed: u64,
     pub hash: String,
+    pub state: EngineStats,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -171,6 +177,7 @@ impl Health {
                     version: r.version,
                     pushed: r.pushed,
                     hash: r.hash,
+                    state: t.engine(),
                 }
             },
         }
@@ -178,7 +185,8 @@ impl Health {
 
     /// What counts as a change worth publishing at once (not every reading
     /// or alert: those refresh on the minute): drops, reconnects, errors,
-    /// a source coming or going, the outbox becoming empty or not.
+    /// a source coming or going, the outbox becoming empty or not, the
+    /// rules refusing a pair or starting to evict or thin.
     pub fn signature(&self) -> Vec<u64> {
         let mut s = vec![
             self.outbox.dropped.total,
@@ -189,6 +197,9 @@ impl Health {
             u64::from(self.outbox.storage_error.is_some()),
             // A new set of rules (pushed or reloaded) is told at once.
             hash_prefix(&self.rules.hash),
+            self.rules.state.pairs_refused,
+            u64::from(self.rules.state.pairs_evicted > 0),
+            u64::from(self.rules.state.samples_thinned > 0),
         ];
         for src in &self.sources {
             s.push(u64::from(src.connected));
@@ -264,10 +275,23 @@ mod tests {
         assert_eq!(v["sources"][0]["errors"]["syntax"], 1);
         assert_eq!(v["ts"], "2027-01-15T08:00:12.500Z");
         assert_eq!(v["uptime_s"], 3600);
+        assert_eq!(v["rules"]["loaded"], 0);
+        assert_eq!(v["rules"]["version"], serde_json::Value::Null);
+        assert_eq!(v["rules"]["hash"], "");
         assert_eq!(
-            v["rules"],
-            serde_json::json!({"loaded": 0, "version": null, "pushed": 0, "hash": ""})
+            v["rules"]["state"]["max_pairs"], 0,
+            "nothing published by the engine yet"
         );
+        t.set_engine(EngineStats {
+            pairs: 20_000,
+            max_pairs: 20_000,
+            pairs_evicted: 7,
+            ..EngineStats::default()
+        });
+        let h = Health::gather("gw", &t, &stats(), 0, Duration::ZERO);
+        let v: serde_json::Value = serde_json::from_slice(&h.to_payload()).unwrap();
+        assert_eq!(v["rules"]["state"]["pairs_evicted"], 7);
+        assert_eq!(v["rules"]["state"]["on_max_pairs"], "evict");
     }
 
     #[test]
@@ -318,5 +342,31 @@ mod tests {
             Health::gather("gw", &t, &s, 5, Duration::ZERO).signature(),
             b
         );
+        // The rules: a refusal, the first eviction; not the pair count.
+        let mut e = EngineStats {
+            pairs: 10,
+            ..EngineStats::default()
+        };
+        t.set_engine(e);
+        let c = Health::gather("gw", &t, &stats(), 5, Duration::ZERO).signature();
+        e.pairs = 11;
+        t.set_engine(e);
+        assert_eq!(
+            Health::gather("gw", &t, &stats(), 5, Duration::ZERO).signature(),
+            c
+        );
+        for bump in [
+            |e: &mut EngineStats| e.pairs_refused += 1,
+            |e: &mut EngineStats| e.pairs_evicted += 1,
+            |e: &mut EngineStats| e.samples_thinned += 1,
+        ] {
+            let before = Health::gather("gw", &t, &stats(), 5, Duration::ZERO).signature();
+            bump(&mut e);
+            t.set_engine(e);
+            assert_ne!(
+                Health::gather("gw", &t, &stats(), 5, Duration::ZERO).signature(),
+                before
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::rules::AlertState;
-use crate::rules::FiringInfo;
+use crate::rules::{EngineStats, FiringInfo};
 
 /// Buckets of the publish latency histogram, in seconds: 1 ms to about 33 s.
 /// A LAN broker answers in milliseconds, a cloud one over a cellular link in
@@ -203,6 +203,9 @@ pub struct Telemetry {
     firing: Mutex<Vec<FiringInfo>>,
     /// The rules in force: pushed version and hash (set by `remote`).
     rules_in_force: Mutex<RulesInForce>,
+    /// The rule engine's pairs and samples against its limits, and what
+    /// hitting them did, as the engine task last published them.
+    engine: Mutex<EngineStats>,
 }
 
 /// What names the rules in force, for the health, `/status` and `outpost
@@ -251,6 +254,7 @@ impl Telemetry {
             alerts: Mutex::new(BTreeMap::new()),
             firing: Mutex::new(Vec::new()),
             rules_in_force: Mutex::new(RulesInForce::default()),
+            engine: Mutex::new(EngineStats::default()),
         }
     }
 
@@ -306,6 +310,16 @@ impl Telemetry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Replaces the engine's counters (called by the engine task).
+    pub fn set_engine(&self, stats: EngineStats) {
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+    }
+
+    /// The engine's counters.
+    pub fn engine(&self) -> EngineStats {
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How long ago the pipeline last made progress, given the monotonic

@@ -74,6 +74,15 @@ pub(super) struct RawOutbox {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawRules {
+    pub(super) max_pairs: Option<Spanned<u64>>,
+    pub(super) on_max_pairs: Option<Spanned<String>>,
+    pub(super) max_samples: Option<Spanned<u64>>,
+    pub(super) max_samples_per_pair: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     pub(super) listen: Option<Spanned<String>>,
 }
@@ -206,6 +215,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "gateway",
     "upstream",
     "outbox",
+    "rules",
     "http",
     "serial",
     "mqtt",

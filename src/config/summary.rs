@@ -2,6 +2,7 @@
 
 use super::units::ByteSize;
 use super::{Config, FlushPolicy};
+use crate::rules::OnMaxPairs;
 
 impl Config {
     /// A short human summary, printed by `outpost check`. Never shows secrets.
@@ -126,7 +127,20 @@ impl Config {
             .iter()
             .map(|p| p.display().to_string())
             .collect();
-        let _ = write!(s, "rules      {} in {}", self.rules.len(), files.join(", "));
+        let _ = writeln!(s, "rules      {} in {}", self.rules.len(), files.join(", "));
+        let l = &self.limits;
+        let policy = match l.on_max_pairs {
+            OnMaxPairs::Evict => "then evict the longest idle",
+            OnMaxPairs::Refuse => "then refuse new ones",
+        };
+        let _ = write!(
+            s,
+            "state      at most {} pairs ({policy}), {} window samples ({} per pair); up to {} MiB",
+            l.max_pairs,
+            l.max_samples,
+            l.max_samples_per_pair,
+            l.worst_case_bytes().div_ceil(1 << 20)
+        );
         s
     }
 }

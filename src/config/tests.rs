@@ -9,6 +9,8 @@ use crate::diagnostic::mismatches;
 
 const PATH: &str = "/etc/outpost/outpost.toml";
 const RULES: &str = "[[rule]]\nid = \"hot\"\nmetric = \"t\"\nabove = 30\n";
+const SINGLE_RULES: &str = "[[rule]]\nid = \"a\"\nsensor = \"a\"\nmetric = \"t\"\nabove = 30\n\
+    [[rule]]\nid = \"b\"\nsensor = \"b\"\nmetric = \"t\"\nabove = 30\n";
 const ACTION_RULES: &str = "[[rule]]\nid = \"fan\"\nmetric = \"t\"\nabove = 30\n\
     actions = [{ broker = \"nowhere\", topic = \"fan/set\", on_firing = \"ON\" }]\n";
 
@@ -45,6 +47,7 @@ fn files() -> MemFiles {
         .with("/etc/outpost/outpost.toml", "")
         .with("/etc/outpost/rules.toml", RULES)
         .with("/etc/outpost/actions.toml", ACTION_RULES)
+        .with("/etc/outpost/single.toml", SINGLE_RULES)
         .with_dir("/etc/outpost/dir")
         .with("/etc/outpost/password", "hunter2\n")
         .with_mode("/etc/outpost/open-password", 0o100644, "hunter2\n")
@@ -84,7 +87,7 @@ const CASES: &[(&str, &[&str])] = &[
         "[gatway]\nid = \"gw\"\n",
         &[
             "missing [gateway] section (it needs at least `id`)",
-            "1:2: unknown section `gatway`; expected one of: gateway, upstream, outbox, http, serial, mqtt, simulate, homeassistant, modbus, remote",
+            "1:2: unknown section `gatway`; expected one of: gateway, upstream, outbox, rules, http, serial, mqtt, simulate, homeassistant, modbus, remote",
         ],
     ),
     (
@@ -230,6 +233,41 @@ const CASES: &[(&str, &[&str])] = &[
         "[gateway]\nid = \"gw\"\n[outbox]\nmax_bytes = 0\n",
         &["4:13: size must be greater than zero"],
     ),
+    // [rules]
+    (
+        "[gateway]\nid = \"gw\"\n[rules]\nmax_pairs = 0\n",
+        &["4:13: max_pairs must be between 1 and 10000000"],
+    ),
+    (
+        "[gateway]\nid = \"gw\"\n[rules]\non_max_pairs = \"drop\"\n",
+        &["4:16: on_max_pairs must be \"evict\" or \"refuse\", not `drop`"],
+    ),
+    (
+        "[gateway]\nid = \"gw\"\n[rules]\nmax_samples_per_pair = 8\n",
+        &["4:24: max_samples_per_pair must be between 16 and 10000000"],
+    ),
+    (
+        "[gateway]\nid = \"gw\"\n[rules]\nmax_samples = 0\n",
+        &["4:15: max_samples must be between 1 and 1000000000"],
+    ),
+    (
+        "[gateway]\nid = \"gw\"\n[rules]\nmax_pairs = 1000\nmax_samples = 3999\n",
+        &[
+            "5:15: max_samples = 3999 is less than 4 x max_pairs = 4000: each pair must be able to keep a few samples",
+        ],
+    ),
+    (
+        "[gateway]\nid = \"gw\"\nrules = [\"single.toml\"]\n[rules]\nmax_pairs = 1\n",
+        &[
+            "5:13: max_pairs = 1 is less than the 2 rules that name one sensor and one metric (each may keep a pair)",
+        ],
+    ),
+    (
+        "[gateway]\nid = \"gw\"\n[rules]\nmax_pair = 5\n",
+        &[
+            "4:1: unknown field `max_pair`, expected one of `max_pairs`, `on_max_pairs`, `max_samples`, `max_samples_per_pair`",
+        ],
+    ),
     (
         "[gateway]\nid = \"gw\"\n[http]\nlisten = \"localhost\"\n",
         &[
@@ -316,6 +354,12 @@ const CASES: &[(&str, &[&str])] = &[
 /// Things that work but should be fixed: warnings; the config stays valid.
 const WARNINGS: &[(&str, &[&str])] = &[
     (
+        "[gateway]\nid = \"gw\"\n[rules]\nmax_samples = 1000000\n",
+        &[
+            "3:1: warning: at these limits the rules' state may take up to 53 MiB; the packaged unit gives the whole gateway 96 MiB (MemoryHigh)",
+        ],
+    ),
+    (
         "[gateway]\nid = \"gw\"\n[upstream]\nurl = \"mqtt://h\"\nusername = \"u\"\npassword_file = \"open-password\"\n",
         &[
             "6:17: warning: password_file `/etc/outpost/open-password` is readable by group or others (mode 0644); `chmod 600` it, owned by the user outpost runs as",
@@ -401,6 +445,23 @@ fn a_valid_config_compiles_with_its_defaults_and_rules() {
     assert_eq!(u.broker.password.unwrap().expose(), "hunter2");
     assert_eq!(u.max_payload, 128 << 10);
     assert_eq!(c.outbox.flush, FlushPolicy::Always);
+    assert_eq!(c.limits, crate::rules::Limits::default());
+}
+
+#[test]
+fn the_rules_limits_compile_from_their_section() {
+    let text = "[gateway]\nid = \"gw\"\n[rules]\nmax_pairs = 500\non_max_pairs = \"refuse\"\n\
+        max_samples = 2000\nmax_samples_per_pair = 100\n";
+    let c = compile(Path::new(PATH), text, &files()).unwrap();
+    assert_eq!(
+        c.limits,
+        crate::rules::Limits {
+            max_pairs: 500,
+            on_max_pairs: crate::rules::OnMaxPairs::Refuse,
+            max_samples: 2000,
+            max_samples_per_pair: 100,
+        }
+    );
 }
 
 /// A `[[modbus]]` bus with one device (unit 1, sensor `p`) whose line 8 on

@@ -10,7 +10,7 @@ use super::BrokerConfig;
 use crate::diagnostic::Diagnostic;
 use crate::payload::Format;
 use crate::push::sign::PublicKey;
-use crate::rules::Rule;
+use crate::rules::{Limits, Rule};
 use crate::topic::SensorTemplate;
 
 /// The whole, validated configuration.
@@ -30,6 +30,8 @@ pub struct Config {
     pub remote: RemoteConfig,
     /// The rules of every file in `gateway.rules`, already validated.
     pub rules: Vec<Rule>,
+    /// `[rules]`: how much state the rules may keep.
+    pub limits: Limits,
     /// Things that work but should be fixed (a private key others can
     /// read), as `FILE:LINE:COL: warning: ...`: printed by `check`, logged
     /// at start.

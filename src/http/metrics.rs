@@ -44,6 +44,13 @@
 //! | `outpost_modbus_answers_total` | counter | `source`, `unit`, `sensor` |
 //! | `outpost_modbus_errors_total` | counter | `source`, `unit`, `sensor`, `error` |
 //! | `outpost_modbus_device_up` | gauge | `source`, `unit`, `sensor` |
+//! | `outpost_rule_pairs` | gauge | (pairs stored, over all rules) |
+//! | `outpost_rule_pairs_max` | gauge | (`[rules] max_pairs`) |
+//! | `outpost_rule_pairs_evicted_total` | counter | |
+//! | `outpost_rule_pairs_refused_total` | counter | |
+//! | `outpost_rule_samples` | gauge | (window samples, over all pairs) |
+//! | `outpost_rule_samples_max` | gauge | (`[rules] max_samples`) |
+//! | `outpost_rule_samples_thinned_total` | counter | |
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -285,6 +292,43 @@ pub fn encode(state: &HttpState) -> Result<String, std::fmt::Error> {
         "Rules reloads refused because a file did not validate",
         counter(load(&t.rule_reload_errors)),
     );
+    let e = t.engine();
+    let count = |n: usize| gauge(i64::try_from(n).unwrap_or(i64::MAX));
+    reg.register(
+        "rule_pairs",
+        "(rule, sensor, metric) pairs the rules keep state for",
+        count(e.pairs),
+    );
+    reg.register(
+        "rule_pairs_max",
+        "The most pairs kept ([rules] max_pairs)",
+        count(e.max_pairs),
+    );
+    reg.register(
+        "rule_pairs_evicted",
+        "Idle pairs evicted at max_pairs to make room for new ones",
+        counter(e.pairs_evicted),
+    );
+    reg.register(
+        "rule_pairs_refused",
+        "Readings refused a new pair at max_pairs (ignored by that rule)",
+        counter(e.pairs_refused),
+    );
+    reg.register(
+        "rule_samples",
+        "Window samples the rules keep",
+        count(e.samples),
+    );
+    reg.register(
+        "rule_samples_max",
+        "The most window samples kept ([rules] max_samples)",
+        count(e.max_samples),
+    );
+    reg.register(
+        "rule_samples_thinned",
+        "Window samples merged into coarser ones at max_samples or max_samples_per_pair",
+        counter(e.samples_thinned),
+    );
 
     let c = &state.connections;
     reg.register(
@@ -411,6 +455,16 @@ mod tests {
         let dev = t.modbus_device("rs485", 2, "meter/1");
         dev.requests.store(5, Ordering::Relaxed);
         dev.error("bad_crc");
+        t.set_engine(crate::rules::EngineStats {
+            pairs: 20_000,
+            max_pairs: 20_000,
+            pairs_evicted: 5,
+            pairs_refused: 2,
+            samples: 100,
+            max_samples: 250_000,
+            samples_thinned: 9,
+            ..Default::default()
+        });
         let state = HttpState {
             gateway: "gw".into(),
             upstream: None,
@@ -454,6 +508,13 @@ mod tests {
                 r#"outpost_modbus_device_up{source="rs485",unit="2",sensor="meter/1"}"#,
                 0.0,
             ),
+            ("outpost_rule_pairs", 20_000.0),
+            ("outpost_rule_pairs_max", 20_000.0),
+            ("outpost_rule_pairs_evicted_total", 5.0),
+            ("outpost_rule_pairs_refused_total", 2.0),
+            ("outpost_rule_samples", 100.0),
+            ("outpost_rule_samples_max", 250_000.0),
+            ("outpost_rule_samples_thinned_total", 9.0),
             ("outpost_upstream_publish_latency_seconds_count", 1.0),
             (
                 r#"outpost_upstream_publish_latency_seconds_bucket{le="0.008"}"#,

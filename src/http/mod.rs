@@ -42,7 +42,7 @@ use crate::reading::Clock;
 use crate::telemetry::Telemetry;
 use status::{
     AlertsStatus, FiringAlert, ModbusDeviceStatus, OldestAlert, OutboxStatus, PipelineStatus,
-    RulesStatus, SourceStatus, Status, UpstreamStatus,
+    RuleStateStatus, RulesStatus, SourceStatus, Status, UpstreamStatus,
 };
 
 /// No engine progress for this long and `/healthz` answers 503. The engine
@@ -189,6 +189,7 @@ impl HttpState {
             },
             rules: {
                 let r = t.rules_in_force();
+                let e = t.engine();
                 RulesStatus {
                     loaded: t.rules_loaded.load(Ordering::Relaxed),
                     reloads: t.rule_reloads.load(Ordering::Relaxed),
@@ -196,6 +197,16 @@ impl HttpState {
                     version: r.version,
                     pushed: r.pushed,
                     hash: r.hash,
+                    state: RuleStateStatus {
+                        pairs: e.pairs as u64,
+                        max_pairs: e.max_pairs as u64,
+                        on_max_pairs: e.on_max_pairs.as_str().to_string(),
+                        pairs_evicted: e.pairs_evicted,
+                        pairs_refused: e.pairs_refused,
+                        samples: e.samples as u64,
+                        max_samples: e.max_samples as u64,
+                        samples_thinned: e.samples_thinned,
+                    },
                 }
             },
             modbus,

@@ -153,6 +153,25 @@ pub struct RulesStatus {
     /// `sha256:...` of every rule in force (empty from a gateway too old to say).
     #[serde(default)]
     pub hash: String,
+    /// Their state against `[rules]` limits (absent from a gateway older
+    /// than them: then all zero).
+    #[serde(default)]
+    pub state: RuleStateStatus,
+}
+
+/// The rules' pairs and window samples against their limits, and what
+/// reaching them did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RuleStateStatus {
+    pub pairs: u64,
+    pub max_pairs: u64,
+    /// `evict` or `refuse`.
+    pub on_max_pairs: String,
+    pub pairs_evicted: u64,
+    pub pairs_refused: u64,
+    pub samples: u64,
+    pub max_samples: u64,
+    pub samples_thinned: u64,
 }
 
 /// `3d 4h`, `2h 5m`, `4m 10s`, `12s`: two units at most.
@@ -428,6 +447,27 @@ pub fn render(s: &Status) -> String {
         };
         let _ = writeln!(o, "          {pushed}, hash {}", r.hash);
     }
+    let st = &r.state;
+    if st.max_pairs > 0 {
+        let full = if st.pairs >= st.max_pairs {
+            " FULL"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "state     {} of {} pairs{full} ({} evicted, {} refused; on_max_pairs = {}), \
+             {} of {} window samples ({} thinned)",
+            st.pairs,
+            st.max_pairs,
+            st.pairs_evicted,
+            st.pairs_refused,
+            st.on_max_pairs,
+            st.samples,
+            st.max_samples,
+            st.samples_thinned
+        );
+    }
     o
 }
 
@@ -500,6 +540,16 @@ mod tests {
                 version: Some("2026-11-26T10:00:00.123Z".into()),
                 pushed: 3,
                 hash: "sha256:9c1f".into(),
+                state: RuleStateStatus {
+                    pairs: 20_000,
+                    max_pairs: 20_000,
+                    on_max_pairs: "evict".into(),
+                    pairs_evicted: 1234,
+                    pairs_refused: 0,
+                    samples: 3000,
+                    max_samples: 250_000,
+                    samples_thinned: 0,
+                },
             },
             modbus: vec![],
         }
@@ -510,6 +560,15 @@ mod tests {
         let s = sample();
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn a_gateway_without_rule_limits_still_renders() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["rules"].as_object_mut().unwrap().remove("state");
+        let s: Status = serde_json::from_value(v).unwrap();
+        assert_eq!(s.rules.state, RuleStateStatus::default());
+        assert!(!render(&s).contains("state "));
     }
 
     #[test]
@@ -524,6 +583,8 @@ mod tests {
             "hot   greenhouse/t1  temperature  critical  31.2   30",
             "rules     4 loaded, 1 reloads, 0 refused reloads",
             "          pushed version 2026-11-26T10:00:00.123Z (3 rules), hash sha256:9c1f",
+            "state     20000 of 20000 pairs FULL (1234 evicted, 0 refused; on_max_pairs = evict), \
+             3000 of 250000 window samples (0 thinned)",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }

@@ -27,7 +27,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use engine::{Change, Changes, Engine, EngineSnapshot, EngineStats, FiringInfo};
+pub use engine::{
+    Change, Changes, Engine, EngineSnapshot, EngineStats, FiringInfo, Limits, OnMaxPairs,
+};
 pub use glob::Glob;
 
 /// How bad an alert is. Ordered: `Info < Warning < Critical` (the outbox

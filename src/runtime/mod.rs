@@ -79,7 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "outpost starting"
     );
 
-    let evaluator = Evaluator::restore(rules, &outbox, clock);
+    let evaluator = Evaluator::restore(rules, config.limits, &outbox, clock);
 
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_QUEUE);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(BATCH_QUEUE);

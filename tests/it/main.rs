@@ -21,6 +21,8 @@ mod fleet;
 /// The HTTP endpoint under a socket flood: the alerts keep their file
 /// descriptors.
 mod flood;
+/// The rules' limits under a flood of sensor ids.
+mod limits;
 /// Modbus RTU and TCP devices (pymodbus) through the binary.
 mod modbus;
 /// The commands that need no broker and no running gateway.

@@ -17,13 +17,13 @@ use toml::de::DeValue;
 
 use super::files::Files;
 use super::raw::{
-    RawGateway, RawHomeAssistant, RawHttp, RawMqtt, RawOutbox, RawRemote, RawSerial, RawSimulate,
-    RawUpstream, SECTIONS,
+    RawGateway, RawHomeAssistant, RawHttp, RawMqtt, RawOutbox, RawRemote, RawRules, RawSerial,
+    RawSimulate, RawUpstream, SECTIONS,
 };
 use super::rules_file::{Places, load_rules_placed};
 use super::{BrokerUrl, Config, HttpConfig, MqttSourceConfig, OutboxConfig, RemoteConfig};
 use crate::diagnostic::{Diagnostic, Diagnostics, Source, deserialize_lenient};
-use crate::rules::Rule;
+use crate::rules::{Limits, Rule};
 use crate::tls;
 
 /// Compiles `text`, read from `path`, and every file it names (read through
@@ -97,6 +97,12 @@ pub fn compile(path: &Path, text: &str, files: &dyn Files) -> Result<Config, Dia
         Some(v) => c.de::<RawOutbox>(v).and_then(|raw| c.outbox(raw)),
         None => Some(OutboxConfig::default()),
     };
+    let limits = match sections.get("rules") {
+        Some(v) => c
+            .de::<RawRules>(v)
+            .and_then(|raw| c.rules_limits(raw, v.span())),
+        None => Some((Limits::default(), None)),
+    };
     let http = match sections.get("http") {
         Some(v) => c.de::<RawHttp>(v).and_then(|raw| c.http(raw)),
         None => Some(HttpConfig::default()),
@@ -136,6 +142,9 @@ pub fn compile(path: &Path, text: &str, files: &dyn Files) -> Result<Config, Dia
         Some(g) => match load_rules_placed(&g.rules, files) {
             Ok((rules, places)) => {
                 diags.extend(check_actions(&rules, &places, &mqtt));
+                if let Some((limits, at)) = &limits {
+                    diags.extend(check_room(&src, &rules, limits, at.clone()));
+                }
                 rules
             }
             Err(d) => {
@@ -147,21 +156,24 @@ pub fn compile(path: &Path, text: &str, files: &dyn Files) -> Result<Config, Dia
     };
 
     diags.sort();
-    match (gateway, outbox, http) {
-        (Some(gateway), Some(outbox), Some(http)) if diags.is_empty() => Ok(Config {
-            file: path.to_path_buf(),
-            gateway,
-            upstream,
-            outbox,
-            http,
-            serial,
-            mqtt,
-            simulate,
-            modbus,
-            remote,
-            rules,
-            warnings,
-        }),
+    match (gateway, outbox, http, limits) {
+        (Some(gateway), Some(outbox), Some(http), Some((limits, _))) if diags.is_empty() => {
+            Ok(Config {
+                file: path.to_path_buf(),
+                gateway,
+                upstream,
+                outbox,
+                http,
+                serial,
+                mqtt,
+                simulate,
+                modbus,
+                remote,
+                rules,
+                limits,
+                warnings,
+            })
+        }
         _ => Err(diags),
     }
 }
@@ -193,6 +205,33 @@ pub(super) fn check_actions(
             });
             diags.push(Diagnostic { message, ..place });
         }
+    }
+    diags
+}
+
+/// Each rule that names one sensor and one metric may keep a pair, and
+/// room is kept for it: `max_pairs` must leave room for them all.
+fn check_room(
+    src: &Source<'_>,
+    rules: &[Rule],
+    limits: &Limits,
+    at: Option<std::ops::Range<usize>>,
+) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    let single = rules
+        .iter()
+        .filter(|r| r.sensor.literal().is_some() && r.metric.literal().is_some())
+        .count();
+    if single > limits.max_pairs {
+        let message = format!(
+            "max_pairs = {} is less than the {single} rules that name one sensor and one metric \
+             (each may keep a pair)",
+            limits.max_pairs
+        );
+        diags.push(match at {
+            Some(span) => src.at(span, message),
+            None => src.whole(message),
+        });
     }
     diags
 }

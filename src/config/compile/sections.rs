@@ -9,7 +9,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::super::raw::{
-    RawGateway, RawHomeAssistant, RawHttp, RawMqtt, RawOutbox, RawSerial, RawSimulate, RawUpstream,
+    RawGateway, RawHomeAssistant, RawHttp, RawMqtt, RawOutbox, RawRules, RawSerial, RawSimulate,
+    RawUpstream,
 };
 use super::super::units;
 use super::super::{
@@ -19,7 +20,12 @@ use super::super::{
 use super::{Compiler, valid_id};
 use crate::alert::DEFAULT_MAX_PAYLOAD;
 use crate::payload::Format;
+use crate::rules::{Limits, OnMaxPairs};
 use crate::topic::{self, SensorTemplate, validate_filter};
+
+/// Past this, `check` warns that the rules' state may not fit the packaged
+/// unit's memory (`MemoryHigh=96M` for the whole gateway).
+const STATE_WARN_BYTES: usize = 48 << 20;
 
 impl Compiler<'_, '_> {
     pub(super) fn gateway(&mut self, raw: RawGateway) -> Option<GatewayConfig> {
@@ -180,6 +186,94 @@ impl Compiler<'_, '_> {
             max_age: raw.max_age.map_or(d.max_age, |a| a.0),
             flush,
         })
+    }
+
+    /// `[rules]`: the limits, and where `max_pairs` was written (for the
+    /// check against the rules, which come later).
+    pub(super) fn rules_limits(
+        &mut self,
+        raw: RawRules,
+        span: std::ops::Range<usize>,
+    ) -> Option<(Limits, Option<std::ops::Range<usize>>)> {
+        let d = Limits::default();
+        let mut ok = true;
+        let mut count =
+            |v: Option<Spanned<u64>>, name: &str, lo: u64, hi: u64, default: usize| match v {
+                None => Some(default),
+                Some(n) if (lo..=hi).contains(n.get_ref()) => usize::try_from(*n.get_ref()).ok(),
+                Some(n) => {
+                    self.err(n.span(), format!("{name} must be between {lo} and {hi}"));
+                    ok = false;
+                    None
+                }
+            };
+        let pairs_at = raw.max_pairs.as_ref().map(|p| p.span());
+        let max_pairs = count(raw.max_pairs, "max_pairs", 1, 10_000_000, d.max_pairs);
+        let per_pair = count(
+            raw.max_samples_per_pair,
+            "max_samples_per_pair",
+            Limits::MIN_SAMPLES_PER_PAIR as u64,
+            10_000_000,
+            d.max_samples_per_pair,
+        );
+        let samples_at = raw.max_samples.as_ref().map(|s| s.span());
+        let max_samples = count(
+            raw.max_samples,
+            "max_samples",
+            1,
+            1_000_000_000,
+            d.max_samples,
+        );
+        let on_max_pairs = match raw.on_max_pairs {
+            None => d.on_max_pairs,
+            Some(p) => match p.get_ref().as_str() {
+                "evict" => OnMaxPairs::Evict,
+                "refuse" => OnMaxPairs::Refuse,
+                other => {
+                    self.err(
+                        p.span(),
+                        format!("on_max_pairs must be \"evict\" or \"refuse\", not `{other}`"),
+                    );
+                    ok = false;
+                    d.on_max_pairs
+                }
+            },
+        };
+        let (Some(max_pairs), Some(max_samples_per_pair), Some(max_samples)) =
+            (max_pairs, per_pair, max_samples)
+        else {
+            return None;
+        };
+        let least = max_pairs.saturating_mul(Limits::MIN_SAMPLES_PER_MAX_PAIR);
+        if max_samples < least {
+            let at = samples_at.or(pairs_at.clone()).unwrap_or(span.clone());
+            self.err(
+                at,
+                format!(
+                    "max_samples = {max_samples} is less than {} x max_pairs = {least}: \
+                     each pair must be able to keep a few samples",
+                    Limits::MIN_SAMPLES_PER_MAX_PAIR
+                ),
+            );
+            ok = false;
+        }
+        let limits = Limits {
+            max_pairs,
+            on_max_pairs,
+            max_samples,
+            max_samples_per_pair,
+        };
+        if ok && limits.worst_case_bytes() > STATE_WARN_BYTES {
+            self.warn(
+                span,
+                format!(
+                    "at these limits the rules' state may take up to {} MiB; \
+                     the packaged unit gives the whole gateway 96 MiB (MemoryHigh)",
+                    limits.worst_case_bytes() >> 20
+                ),
+            );
+        }
+        ok.then_some((limits, pairs_at))
     }
 
     pub(super) fn http(&mut self, raw: RawHttp) -> Option<HttpConfig> {

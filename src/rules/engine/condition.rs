@@ -1,9 +1,8 @@
 //! The value a rule tests (the reading, an aggregate over the window, a
 //! rate) and the verdict of its condition on it.
 
-use std::collections::VecDeque;
-
-use super::{Mono, ms};
+use super::ms;
+use super::window::{Samples, weighted_mean};
 use crate::rules::{Aggregate, Condition, Rule};
 
 /// The outcome of testing one value against a threshold condition.
@@ -66,15 +65,13 @@ pub(super) fn window_ms(rule: &Rule) -> Option<u64> {
 }
 
 /// The value a threshold rule tests, from the pair's samples (already
-/// including the current reading) or the reading itself.
-pub(super) fn tested_value(
-    rule: &Rule,
-    samples: &VecDeque<(Mono, f64)>,
-    value: f64,
-) -> Option<f64> {
+/// including the current reading) or the reading itself. A thinned
+/// window's samples stand for several readings each (see `window.rs`).
+pub(super) fn tested_value(rule: &Rule, samples: &Samples, value: f64) -> Option<f64> {
     let x = match rule.condition {
         Condition::RateAbove { window_ms, .. } | Condition::RateBelow { window_ms, .. } => {
-            let (&(t0, v0), &(t1, v1)) = (samples.front()?, samples.back()?);
+            let (first, last) = (samples.front()?, samples.back()?);
+            let (t0, v0, t1, v1) = (first.at, first.value, last.at, last.value);
             // Samples must span at least half the window: two noisy readings
             // a moment apart (at start, after a gap) are no rate over it.
             if t1 <= t0 || t1.saturating_sub(t0) < ms(window_ms / 2) {
@@ -86,16 +83,11 @@ pub(super) fn tested_value(
         _ => match rule.aggregate {
             None => value,
             Some((agg, _)) => {
-                let values = samples.iter().map(|&(_, v)| v);
+                let values = samples.iter().map(|s| s.value);
                 match agg {
                     Aggregate::Min => values.fold(f64::INFINITY, f64::min),
                     Aggregate::Max => values.fold(f64::NEG_INFINITY, f64::max),
-                    Aggregate::Avg => {
-                        if samples.is_empty() {
-                            return None;
-                        }
-                        values.sum::<f64>() / samples.len() as f64
-                    }
+                    Aggregate::Avg => weighted_mean(samples)?,
                 }
             }
         },

@@ -1,11 +1,11 @@
 //! One (rule, sensor, metric) pair's state machine and timers (see the
 //! diagram in the engine's documentation), and a rule with its pairs.
 
-use std::collections::{BTreeMap, VecDeque};
-
 use super::condition::{tested_value, verdict, window_ms};
 use super::draft::{AlertFacts, draft};
-use super::{MAX_SAMPLES_PER_PAIR, Mono, elapsed, mono, ms, seconds};
+use super::slots::{Keys, Slot, Slots};
+use super::window::{self, Merge, Sample, Samples};
+use super::{Mono, elapsed, mono, ms, seconds};
 use crate::reading::{Now, Reading};
 use crate::rules::{AlertDraft, AlertState, Condition, Reason, Rule};
 
@@ -36,20 +36,24 @@ pub(super) struct Seen {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Pair {
     pub(super) phase: Phase,
-    /// (arrival instant, value), oldest first.
-    pub(super) samples: VecDeque<(Mono, f64)>,
+    /// Window samples, oldest first (see `window.rs`).
+    pub(super) samples: Samples,
     pub(super) seen: Option<Seen>,
     /// Changed since the state was last saved (see `state.rs`).
     pub(super) dirty: bool,
+    /// Written to the store by some cut since it was made: its removal must
+    /// be reported (see `state.rs`).
+    pub(super) stored: bool,
 }
 
 impl Pair {
     pub(super) fn new() -> Self {
         Pair {
             phase: Phase::Ok,
-            samples: VecDeque::new(),
+            samples: Samples::new(),
             seen: None,
             dirty: true,
+            stored: false,
         }
     }
 
@@ -59,69 +63,71 @@ impl Pair {
     }
 }
 
-/// Pairs of one rule, keyed by sensor then metric (ordered, so output order
-/// is deterministic and lookups by `&str` need no allocation).
-pub(super) type Pairs = BTreeMap<String, BTreeMap<String, Pair>>;
-
 #[derive(Debug, Clone)]
 pub(super) struct LiveRule {
     pub(super) rule: Rule,
-    pub(super) pairs: Pairs,
-    pub(super) pair_count: usize,
-    /// (sensor, metric) of pairs removed since the state was last saved.
+    pub(super) pairs: Slots,
+    /// The rule names one sensor and one metric: its one pair is never
+    /// evicted (see `bounds.rs`).
+    pub(super) single: bool,
+    /// How its window samples merge when thinned.
+    pub(super) merge: Merge,
+    /// (sensor, metric) of stored pairs removed since the state was last
+    /// saved: at most one per pair stored at the last save.
     pub(super) removed: Vec<(String, String)>,
 }
 
 impl LiveRule {
-    pub(super) fn new(rule: Rule) -> Self {
+    /// A rule with no pairs yet, hashing them with the engine's `keys`.
+    pub(super) fn new(rule: Rule, keys: &Keys) -> Self {
         LiveRule {
+            single: rule.sensor.literal().is_some() && rule.metric.literal().is_some(),
+            merge: Merge::of(&rule),
             rule,
-            pairs: BTreeMap::new(),
-            pair_count: 0,
+            pairs: Slots::new(keys.clone()),
             removed: Vec::new(),
         }
     }
 
-    pub(super) fn insert(&mut self, sensor: &str, metric: &str, pair: Pair) {
-        let previous = self
-            .pairs
-            .entry(sensor.to_string())
-            .or_default()
-            .insert(metric.to_string(), pair);
-        if previous.is_none() {
-            self.pair_count += 1;
-        }
+    /// Whether the pair may be evicted (see `bounds.rs`).
+    pub(super) fn evictable(&self, pair: &Pair) -> bool {
+        evictable(self.single, pair)
     }
 
-    pub(super) fn remove(&mut self, sensor: &str, metric: &str) {
-        if let Some(metrics) = self.pairs.get_mut(sensor) {
-            if metrics.remove(metric).is_some() {
-                self.pair_count = self.pair_count.saturating_sub(1);
-                self.removed.push((sensor.to_string(), metric.to_string()));
-            }
-            if metrics.is_empty() {
-                self.pairs.remove(sensor);
-            }
+    /// Takes a pair out, remembering its key for the store if it was saved.
+    pub(super) fn remove(&mut self, slot: u32) -> Option<Slot> {
+        let s = self.pairs.remove(slot)?;
+        if s.pair.stored {
+            self.removed
+                .push((s.sensor().to_string(), s.metric().to_string()));
         }
+        Some(s)
     }
 
-    /// A silent rule on a literal sensor and metric watches that pair from
-    /// engine start, so a sensor never heard from still fires.
-    pub(super) fn arm(&mut self, now: Now) {
-        if let Condition::Silent { .. } = self.rule.condition
-            && let (Some(sensor), Some(metric)) =
-                (self.rule.sensor.literal(), self.rule.metric.literal())
-            && self.pairs.get(sensor).and_then(|m| m.get(metric)).is_none()
-        {
-            let (sensor, metric) = (sensor.to_string(), metric.to_string());
-            let mut pair = Pair::new();
-            pair.seen = Some(Seen {
-                at: mono(now),
-                wall: now.wall_ms,
-            });
-            self.insert(&sensor, &metric, pair);
+    /// The pair a literal silent rule watches from engine start, so a
+    /// sensor never heard from still fires; `None` when the rule has no
+    /// such pair or it exists already.
+    pub(super) fn watch(&self, now: Now) -> Option<(String, String, Pair)> {
+        let Condition::Silent { .. } = self.rule.condition else {
+            return None;
+        };
+        let (sensor, metric) = (self.rule.sensor.literal()?, self.rule.metric.literal()?);
+        if self.pairs.find(sensor, metric).is_some() {
+            return None;
         }
+        let mut pair = Pair::new();
+        pair.seen = Some(Seen {
+            at: mono(now),
+            wall: now.wall_ms,
+        });
+        Some((sensor.to_string(), metric.to_string(), pair))
     }
+}
+
+/// Whether a pair of a rule (`single`: naming one sensor and metric) may
+/// be evicted: only in `ok`, never the one pair of a single rule.
+pub(super) fn evictable(single: bool, pair: &Pair) -> bool {
+    !single && pair.phase == Phase::Ok
 }
 
 /// The earliest instant at which a timer of this pair is due.
@@ -269,8 +275,16 @@ pub(super) fn run_timers(at: At<'_>, pair: &mut Pair, repeats: bool, out: &mut V
     }
 }
 
-/// Applies one reading to one pair (timers due at `at.now` first).
-pub(super) fn step(at: At<'_>, value: f64, pair: &mut Pair, out: &mut Vec<AlertDraft>) {
+/// Applies one reading to one pair (timers due at `at.now` first). A
+/// window holding `max_samples` already is thinned to half first; returns
+/// how many samples that merged away.
+pub(super) fn step(
+    at: At<'_>,
+    value: f64,
+    pair: &mut Pair,
+    max_samples: usize,
+    out: &mut Vec<AlertDraft>,
+) -> usize {
     run_timers(at, pair, false, out);
     let (rule, now, t) = (at.rule, at.now, mono(at.now));
 
@@ -294,24 +308,23 @@ pub(super) fn step(at: At<'_>, value: f64, pair: &mut Pair, out: &mut Vec<AlertD
             at: t,
             wall: now.wall_ms,
         });
-        return;
+        return 0;
     }
 
+    let mut thinned = 0;
     if let Some(window) = window_ms(rule) {
-        let oldest = t.saturating_sub(ms(window));
-        while pair.samples.front().is_some_and(|&(at, _)| at < oldest) {
-            pair.samples.pop_front();
+        window::expire(&mut pair.samples, t.saturating_sub(ms(window)));
+        if pair.samples.len() >= max_samples {
+            let merge = Merge::of(rule);
+            thinned = window::thin(&mut pair.samples, max_samples / 2, merge);
         }
-        pair.samples.push_back((t, value));
-        while pair.samples.len() > MAX_SAMPLES_PER_PAIR {
-            pair.samples.pop_front();
-        }
+        pair.samples.push_back(Sample::new(t, value));
     }
     let Some(x) = tested_value(rule, &pair.samples, value) else {
-        return;
+        return thinned;
     };
     let Some(verdict) = verdict(&rule.condition, x) else {
-        return;
+        return thinned;
     };
 
     match pair.phase {
@@ -359,33 +372,37 @@ pub(super) fn step(at: At<'_>, value: f64, pair: &mut Pair, out: &mut Vec<AlertD
             };
         }
     }
+    thinned
 }
 
 /// The firing pairs of one rule, by sensor then metric: each with its
 /// last `(value, threshold)` and since when it fires (wall ms).
-pub(super) fn firing_pairs(pairs: &Pairs) -> impl Iterator<Item = (&str, &str, (f64, f64), i64)> {
-    pairs.iter().flat_map(|(sensor, metrics)| {
-        metrics
-            .iter()
-            .filter_map(move |(metric, pair)| match pair.phase {
+pub(super) fn firing_pairs(pairs: &Slots) -> Vec<(&str, &str, (f64, f64), i64)> {
+    let firing = pairs
+        .iter()
+        .filter(|(_, s)| matches!(s.pair.phase, Phase::Firing { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    pairs
+        .sorted(firing)
+        .into_iter()
+        .filter_map(|i| {
+            let s = pairs.get(i)?;
+            match s.pair.phase {
                 Phase::Firing {
                     since_wall,
                     value,
                     threshold,
                     ..
-                } => Some((
-                    sensor.as_str(),
-                    metric.as_str(),
-                    (value, threshold),
-                    since_wall,
-                )),
+                } => Some((s.sensor(), s.metric(), (value, threshold), since_wall)),
                 _ => None,
-            })
-    })
+            }
+        })
+        .collect()
 }
 
 /// Emits `resolved` for every firing pair of a rule that is going away.
-pub(super) fn resolve_all(rule: &Rule, pairs: &Pairs, now: Now, out: &mut Vec<AlertDraft>) {
+pub(super) fn resolve_all(rule: &Rule, pairs: &Slots, now: Now, out: &mut Vec<AlertDraft>) {
     for (sensor, metric, tested, since_wall) in firing_pairs(pairs) {
         let at = At {
             rule,

@@ -3,8 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::pair::{Pair, Pairs, Phase, Seen, resolve_all};
-use super::{Engine, MAX_SAMPLES_PER_PAIR, elapsed, mono, ms, pair_up};
+use super::pair::{Pair, Phase, Seen, resolve_all};
+use super::slots::Slots;
+use super::state::{pair_key, pair_snapshot};
+use super::window::{self, Merge, Sample};
+use super::{Engine, Limits, mono, ms, pair_up};
 use crate::reading::Now;
 use crate::rules::{AlertDraft, Rule};
 
@@ -38,6 +41,14 @@ pub struct PairSnapshot {
     /// Window samples as (age ms, value), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<(u64, f64)>,
+    /// Readings each sample stands for, when a thinned window has any that
+    /// stands for more than one (else empty: one each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<u32>,
+    /// Ms from each sample's oldest reading to its newest, when a thinned
+    /// window has any that stands for more than one (else empty: 0 each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spans: Vec<u32>,
     /// Silent rules: how long ago the last reading came, and its wall time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<SeenSnapshot>,
@@ -72,57 +83,22 @@ pub enum PhaseSnapshot {
 impl Engine {
     /// The state to persist. Ages are relative to `now`.
     pub fn snapshot(&self, now: Now) -> EngineSnapshot {
-        let t = mono(now);
         let rules = self
             .live
             .iter()
-            .filter(|live| live.pair_count > 0)
-            .map(|live| RuleSnapshot {
-                rule: live.rule.clone(),
-                pairs: live
-                    .pairs
-                    .iter()
-                    .flat_map(|(sensor, metrics)| {
-                        metrics.iter().map(move |(metric, pair)| PairSnapshot {
-                            sensor: sensor.clone(),
-                            metric: metric.clone(),
-                            phase: match pair.phase {
-                                Phase::Ok => PhaseSnapshot::Ok,
-                                Phase::Pending {
-                                    start,
-                                    since_wall,
-                                    value,
-                                    threshold,
-                                } => PhaseSnapshot::Pending {
-                                    elapsed_ms: elapsed(start, t),
-                                    since_ms: since_wall,
-                                    value,
-                                    threshold,
-                                },
-                                Phase::Firing {
-                                    since_wall,
-                                    value,
-                                    threshold,
-                                    last_sent,
-                                } => PhaseSnapshot::Firing {
-                                    since_ms: since_wall,
-                                    value,
-                                    threshold,
-                                    sent_age_ms: elapsed(last_sent, t),
-                                },
-                            },
-                            samples: pair
-                                .samples
-                                .iter()
-                                .map(|&(at, v)| (elapsed(at, t), v))
-                                .collect(),
-                            last_seen: pair.seen.map(|s| SeenSnapshot {
-                                age_ms: elapsed(s.at, t),
-                                wall_ms: s.wall,
-                            }),
-                        })
-                    })
-                    .collect(),
+            .filter(|live| live.pairs.len() > 0)
+            .map(|live| {
+                let all = live.pairs.iter().map(|(i, _)| i).collect();
+                RuleSnapshot {
+                    rule: live.rule.clone(),
+                    pairs: live
+                        .pairs
+                        .sorted(all)
+                        .into_iter()
+                        .filter_map(|i| live.pairs.get(i))
+                        .map(|s| pair_snapshot(s.sensor(), s.metric(), &s.pair, now, true))
+                        .collect(),
+                }
             })
             .collect();
         EngineSnapshot {
@@ -131,44 +107,72 @@ impl Engine {
         }
     }
 
-    /// Rebuilds an engine after a restart. Pairs of unchanged rules continue
-    /// where they were (firing stays firing without a new alert; pending
-    /// timers keep the time already elapsed; time while the gateway was down
-    /// is not counted). Firing pairs of rules that are gone or changed are
-    /// resolved, as in [`Engine::reload`]. A snapshot of another version is
-    /// ignored.
+    /// Rebuilds an engine from a snapshot taken earlier (perhaps by another
+    /// process: `now` may be on a different monotonic epoch), within
+    /// `limits`. Pairs of rules that are unchanged keep their state; firing
+    /// pairs of rules that were removed or changed are resolved, as in
+    /// [`Engine::reload`]. Pending and firing pairs are always kept; the
+    /// others while there is room (the keys of those left out are reported
+    /// removed by the next [`Engine::state_changes`]), their windows thinned
+    /// to the limits. A snapshot of another version is ignored.
     pub fn restore(
         rules: Vec<Rule>,
+        limits: Limits,
         snap: EngineSnapshot,
         now: Now,
         out: &mut Vec<AlertDraft>,
     ) -> Self {
-        let mut engine = Engine::new(rules);
+        let mut engine = Engine::with_limits(rules, limits);
         engine.started = true;
+        let cap = engine.limits.max_samples_per_pair;
         if snap.version == EngineSnapshot::VERSION {
             let rules: Vec<Rule> = engine.live.iter().map(|s| s.rule.clone()).collect();
             let matches = pair_up(snap.rules.iter().map(|r| &r.rule), &rules);
             let mut old: Vec<Option<RuleSnapshot>> = snap.rules.into_iter().map(Some).collect();
-            for (live, matched) in engine.live.iter_mut().zip(matches) {
-                if let Some(rs) = matched.and_then(|i| old.get_mut(i)).and_then(Option::take) {
-                    for ps in rs.pairs {
-                        let pair = Pair::from_snapshot(ps.phase, &ps.samples, ps.last_seen, now);
-                        live.insert(&ps.sensor, &ps.metric, pair);
+            // Pending and firing pairs first (always kept), then the others
+            // while there is room.
+            let mut rest = Vec::new();
+            for (i, matched) in matches.into_iter().enumerate() {
+                let Some(rs) = matched.and_then(|m| old.get_mut(m)).and_then(Option::take) else {
+                    continue;
+                };
+                let merge = Merge::of(&rs.rule);
+                for ps in rs.pairs {
+                    let mut pair = Pair::from_snapshot(&ps, now);
+                    window::thin(&mut pair.samples, cap, merge);
+                    let Some(live) = engine.live.get(i) else {
+                        continue;
+                    };
+                    if pair.is_idle() {
+                        let key = pair_key(&live.rule.id, &ps.sensor, &ps.metric);
+                        engine.stale.push(key);
+                    } else if live.single || !live.evictable(&pair) {
+                        engine.insert(i, &ps.sensor, &ps.metric, pair, false);
+                    } else {
+                        rest.push((i, ps.sensor, ps.metric, pair));
                     }
                 }
             }
+            for (i, sensor, metric, pair) in rest {
+                if engine.has_room() {
+                    engine.insert(i, &sensor, &metric, pair, false);
+                } else if let Some(live) = engine.live.get(i) {
+                    engine.stale.push(pair_key(&live.rule.id, &sensor, &metric));
+                }
+            }
             for rs in old.into_iter().flatten() {
-                let mut pairs = Pairs::new();
-                for ps in rs.pairs {
-                    let pair = Pair::from_snapshot(ps.phase, &[], None, now);
-                    pairs.entry(ps.sensor).or_default().insert(ps.metric, pair);
+                let mut pairs = Slots::default();
+                for ps in &rs.pairs {
+                    pairs.insert(&ps.sensor, &ps.metric, Pair::from_snapshot(ps, now), 0);
                 }
                 resolve_all(&rs.rule, &pairs, now, out);
             }
         }
-        for live in &mut engine.live {
-            live.arm(now);
+        if engine.samples > engine.limits.max_samples {
+            engine.thin_all();
         }
+        engine.arm(now);
+        engine.recount();
         engine.recompute_deadline();
         engine
     }
@@ -176,17 +180,14 @@ impl Engine {
 
 impl Pair {
     /// Rebuilds a pair from its snapshot, placing ages before `now`.
-    fn from_snapshot(
-        phase: PhaseSnapshot,
-        samples: &[(u64, f64)],
-        seen: Option<SeenSnapshot>,
-        now: Now,
-    ) -> Pair {
+    fn from_snapshot(ps: &PairSnapshot, now: Now) -> Pair {
         let t = mono(now);
         let at = |age: u64| t.saturating_sub(ms(age));
         let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
+        let weight = |i: usize| ps.weights.get(i).copied().unwrap_or(1).max(1);
+        let span = |i: usize| ps.spans.get(i).copied().unwrap_or(0);
         Pair {
-            phase: match phase {
+            phase: match ps.phase {
                 PhaseSnapshot::Ok => Phase::Ok,
                 PhaseSnapshot::Pending {
                     elapsed_ms,
@@ -211,19 +212,25 @@ impl Pair {
                     last_sent: at(sent_age_ms),
                 },
             },
-            samples: samples
+            samples: ps
+                .samples
                 .iter()
-                .rev()
-                .take(MAX_SAMPLES_PER_PAIR)
-                .rev()
-                .filter(|(_, v)| v.is_finite())
-                .map(|&(age, v)| (at(age), v))
+                .enumerate()
+                .filter(|(_, (_, v))| v.is_finite())
+                .map(|(i, &(age, value))| Sample {
+                    at: at(age),
+                    value,
+                    weight: weight(i),
+                    span: span(i),
+                })
                 .collect(),
-            seen: seen.map(|s| Seen {
+            seen: ps.last_seen.map(|s| Seen {
                 at: at(s.age_ms),
                 wall: s.wall_ms,
             }),
             dirty: true,
+            // It came from the store.
+            stored: true,
         }
     }
 }

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use super::pair::{LiveRule, Pair, Phase};
 use super::snapshot::{EngineSnapshot, PairSnapshot, PhaseSnapshot, RuleSnapshot, SeenSnapshot};
-use super::{Engine, elapsed, mono};
+use super::{Engine, Limits, elapsed, mono};
 use crate::reading::Now;
 use crate::rules::{AlertDraft, Rule};
 
@@ -118,8 +118,18 @@ pub(super) fn pair_snapshot(
         samples: if samples {
             pair.samples
                 .iter()
-                .map(|&(at, v)| (elapsed(at, t), v))
+                .map(|s| (elapsed(s.at, t), s.value))
                 .collect()
+        } else {
+            Vec::new()
+        },
+        weights: if samples && pair.samples.iter().any(|s| s.weight != 1) {
+            pair.samples.iter().map(|s| s.weight).collect()
+        } else {
+            Vec::new()
+        },
+        spans: if samples && pair.samples.iter().any(|s| s.span != 0) {
+            pair.samples.iter().map(|s| s.span).collect()
         } else {
             Vec::new()
         },
@@ -173,12 +183,18 @@ impl Engine {
             Changes::Emitted => {
                 let emitted = std::mem::take(&mut self.emitted);
                 for (rule, sensor, metric) in emitted {
-                    let Some(live) = self.live.iter().find(|l| l.rule.id == rule) else {
+                    let Some(live) = self.live.iter_mut().find(|l| l.rule.id == rule) else {
                         continue;
                     };
-                    match live.pairs.get(&sensor).and_then(|m| m.get(&metric)) {
-                        Some(pair) => {
-                            out.push(encode_pair(live, &sensor, &metric, pair, now, false))
+                    match live.pairs.find(&sensor, &metric) {
+                        Some(i) => {
+                            let l: &LiveRule = live;
+                            if let Some(s) = l.pairs.get(i) {
+                                out.push(encode_pair(l, &sensor, &metric, &s.pair, now, false));
+                            }
+                            if let Some(s) = live.pairs.get_mut(i) {
+                                s.pair.stored = true;
+                            }
                         }
                         None => out.push((pair_key(&rule, &sensor, &metric), None)),
                     }
@@ -189,19 +205,17 @@ impl Engine {
                 let samples = kind == Changes::Full;
                 for live in &mut self.live {
                     let l: &LiveRule = live;
-                    let mut changed = Vec::new();
-                    for (sensor, metrics) in &l.pairs {
-                        for (metric, pair) in metrics {
-                            if pair.dirty || samples {
-                                changed.push(encode_pair(l, sensor, metric, pair, now, samples));
-                            }
+                    for (_, s) in l.pairs.iter() {
+                        if s.pair.dirty || samples {
+                            let (sensor, metric) = (s.sensor(), s.metric());
+                            out.push(encode_pair(l, sensor, metric, &s.pair, now, samples));
                         }
                     }
-                    out.extend(changed);
-                    for metrics in live.pairs.values_mut() {
-                        for pair in metrics.values_mut() {
-                            pair.dirty = false;
+                    for (_, s) in live.pairs.iter_mut() {
+                        if s.pair.dirty || samples {
+                            s.pair.stored = true;
                         }
+                        s.pair.dirty = false;
                     }
                 }
             }
@@ -215,6 +229,7 @@ impl Engine {
     /// [`Engine::state_changes`].
     pub fn restore_state(
         rules: Vec<Rule>,
+        limits: Limits,
         entries: &BTreeMap<Vec<u8>, Vec<u8>>,
         now: Now,
         out: &mut Vec<AlertDraft>,
@@ -267,8 +282,8 @@ impl Engine {
         for ps in pairs.into_values() {
             stale.extend(ps.into_iter().map(|(k, _)| k));
         }
-        let mut engine = Engine::restore(rules, snap, now, out);
-        engine.stale = stale;
+        let mut engine = Engine::restore(rules, limits, snap, now, out);
+        engine.stale.extend(stale);
         engine
     }
 }

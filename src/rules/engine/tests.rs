@@ -816,6 +816,7 @@ fn restore_keeps_firing_pairs_without_refiring_and_resolves_them_later() {
     out.clear();
     let mut e = Engine::restore(
         vec![r],
+        Limits::default(),
         snap,
         Now {
             mono_ms: 200,
@@ -859,7 +860,7 @@ fn a_pending_timer_continues_after_restore_with_the_time_already_elapsed() {
     let mut out = Vec::new();
     e.on_reading(&reading("t1", "temp", 31.0), now(1000), &mut out);
     let snap = json_round_trip(&e.snapshot(now(7000)));
-    let mut e = Engine::restore(vec![r], snap, now(100), &mut out);
+    let mut e = Engine::restore(vec![r], Limits::default(), snap, now(100), &mut out);
     e.tick(now(4099), &mut out);
     assert!(out.is_empty());
     assert_eq!(e.next_deadline(), Some(4100));
@@ -881,7 +882,13 @@ fn restore_resolves_firing_pairs_of_removed_or_changed_rules() {
     let snap = json_round_trip(&e.snapshot(now(2000)));
     out.clear();
     let hot2 = rule("hot", "t1", above(35.0));
-    let e = Engine::restore(vec![hot2, silent("t2", 1000)], snap, now(10), &mut out);
+    let e = Engine::restore(
+        vec![hot2, silent("t2", 1000)],
+        Limits::default(),
+        snap,
+        now(10),
+        &mut out,
+    );
     let got: Vec<String> = out.iter().map(summary).collect();
     assert_eq!(
         got,
@@ -896,7 +903,13 @@ fn a_snapshot_of_another_version_is_ignored() {
     let mut snap = Engine::new(vec![]).snapshot(now(0));
     snap.version = 99;
     let mut out = Vec::new();
-    let e = Engine::restore(vec![silent("t1", 5)], snap, now(0), &mut out);
+    let e = Engine::restore(
+        vec![silent("t1", 5)],
+        Limits::default(),
+        snap,
+        now(0),
+        &mut out,
+    );
     assert_eq!((out.len(), e.stats().pairs), (0, 1));
 }
 
@@ -959,7 +972,13 @@ fn the_pair_that_fired_is_in_the_emitted_changes_and_a_restore_from_them_neither
     apply(&mut store, changes);
     // Crash here; restart.
     let mut out = Vec::new();
-    let mut r = Engine::restore_state(vec![hot.clone()], &store, now(5_000), &mut out);
+    let mut r = Engine::restore_state(
+        vec![hot.clone()],
+        Limits::default(),
+        &store,
+        now(5_000),
+        &mut out,
+    );
     assert!(out.is_empty(), "no re-fire: {out:?}");
     assert_eq!(r.firing().len(), 1);
     r.on_reading(&reading("t1", "temp", 27.0), now(6_000), &mut out);
@@ -983,7 +1002,13 @@ fn a_changed_rule_resolves_its_stored_firing_pairs_at_restore_and_its_keys_go() 
     apply(&mut store, e.state_changes(Changes::Full, now(0)));
     let changed = rule("hot", "*", above(35.0));
     let mut out = Vec::new();
-    let mut r = Engine::restore_state(vec![changed.clone()], &store, now(1_000), &mut out);
+    let mut r = Engine::restore_state(
+        vec![changed.clone()],
+        Limits::default(),
+        &store,
+        now(1_000),
+        &mut out,
+    );
     assert_eq!(out.len(), 1);
     assert_eq!(
         (out[0].state, out[0].reason),
@@ -1040,6 +1065,8 @@ fn a_dirty_cut_reports_each_touched_pair_once_and_only_a_full_cut_carries_window
     let ps: PairSnapshot = serde_json::from_slice(&pair).unwrap();
     assert_eq!(ps.samples.len(), 5);
 }
+
+mod bounds;
 
 mod props {
     use super::*;
@@ -1122,7 +1149,7 @@ mod props {
         ]
     }
 
-    fn rules(max: usize) -> impl Strategy<Value = Vec<Rule>> {
+    pub(super) fn rules(max: usize) -> impl Strategy<Value = Vec<Rule>> {
         let one = (
             0..SENSOR_GLOBS.len(),
             0..METRIC_GLOBS.len(),
@@ -1266,8 +1293,8 @@ mod props {
             let mut out = Vec::new();
             let shift = epoch - t as i64;
             let restored_at = Now { mono_ms: epoch as u64, wall_ms: at.wall_ms };
-            let mut restored = Engine::restore(rules.clone(), snap, restored_at, &mut out);
-            let mut from_json = Engine::restore(rules.clone(), json_snap, restored_at, &mut out);
+            let mut restored = Engine::restore(rules.clone(), Limits::default(), snap, restored_at, &mut out);
+            let mut from_json = Engine::restore(rules.clone(), Limits::default(), json_snap, restored_at, &mut out);
             prop_assert!(out.is_empty(), "restore emitted {:?}", out);
 
             let mut reloaded = original.clone();
@@ -1311,7 +1338,7 @@ mod props {
                 }
             }
             let mut out = Vec::new();
-            let restored = Engine::restore_state(rules, &store, now(t), &mut out);
+            let restored = Engine::restore_state(rules, Limits::default(), &store, now(t), &mut out);
             prop_assert!(out.is_empty(), "restore emitted {:?}", out);
             let key = |f: &FiringInfo| (f.rule.clone(), f.sensor.clone(), f.metric.clone(), f.since_ms);
             prop_assert_eq!(
@@ -1335,7 +1362,7 @@ mod props {
             super::apply(&mut store, original.state_changes(Changes::Emitted, now(t)));
             super::apply(&mut store, original.state_changes(Changes::Full, now(t)));
             let mut out = Vec::new();
-            let mut restored = Engine::restore_state(rules, &store, now(t), &mut out);
+            let mut restored = Engine::restore_state(rules, Limits::default(), &store, now(t), &mut out);
             prop_assert!(out.is_empty(), "restore emitted {:?}", out);
             let (expected, _) = run(&mut original, &after, t, 0);
             let (got, _) = run(&mut restored, &after, t, 0);
