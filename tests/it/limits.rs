@@ -195,9 +195,9 @@ fn a_flood_of_sensor_ids_is_evicted_counted_and_logged_and_a_real_sensor_still_a
         out.stdout
     );
     let h = health.wait_for(WAIT, "a health message with evictions", |m| {
-        m.json()["rules"]["pairs_evicted"].as_u64() > Some(0)
+        m.json()["rules"]["state"]["pairs_evicted"].as_u64() > Some(0)
     });
-    assert_eq!(h.json()["rules"]["max_pairs"], 20_000);
+    assert_eq!(h.json()["rules"]["state"]["max_pairs"], 20_000);
 
     // A clean stop saves every pair with its window; a restart restores
     // them within the limit, and the next real sensor still alerts.
