@@ -161,7 +161,7 @@ impl RabbitMq {
         fs::write(dir.path().join("rabbitmq-env.conf"), "").expect("write");
         let mut r = RabbitMq {
             dir,
-            node: format!("outpost-test-{}@localhost", unique()),
+            node: String::new(),
             epmd_port: 0,
             amqp_port: 0,
             mqtt_port: 0,
@@ -172,6 +172,8 @@ impl RabbitMq {
         };
         let mut errors = Vec::new();
         for _ in 0..3 {
+            // A fresh name, so a failed attempt's data is not reused.
+            r.node = format!("outpost-test-{}@localhost", unique());
             r.epmd_port = free_port();
             r.amqp_port = free_port();
             r.mqtt_port = free_port();
@@ -276,6 +278,13 @@ impl RabbitMq {
     /// The environment of the node and of `rabbitmqctl` talking to it.
     fn env(&self, cmd: &mut Command) {
         let d = self.dir.path();
+        // Whatever the calling shell set for another node does not apply.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("RABBITMQ_") || k.starts_with("ERL_") {
+                cmd.env_remove(&*k);
+            }
+        }
         cmd.env("HOME", d.join("home")) // the Erlang cookie is made here
             .env("ERL_EPMD_PORT", self.epmd_port.to_string())
             .env("RABBITMQ_NODENAME", &self.node)
@@ -283,6 +292,9 @@ impl RabbitMq {
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_CONF_ENV_FILE", d.join("rabbitmq-env.conf"))
             .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            // Nothing from /etc/rabbitmq: no conf.d, no advanced.config.
+            .env("RABBITMQ_CONFIG_FILES", d.join("conf.d/*.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", d.join("advanced.config"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
             .env("RABBITMQ_MNESIA_BASE", d.join("data"))
             .env("RABBITMQ_LOG_BASE", d.join("log"))
@@ -455,6 +467,35 @@ pub struct AmqpLogin {
     pub password: String,
 }
 
+/// How many messages `queue` holds, ready for a consumer (a passive
+/// `queue.declare` on a connection of its own); `None` while the broker or
+/// the queue is not there.
+pub fn queue_depth(port: u16, login: &AmqpLogin, queue: &str) -> Option<u32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let ask = async {
+            let mut args =
+                OpenConnectionArguments::new("127.0.0.1", port, &login.user, &login.password);
+            args.virtual_host(&login.vhost);
+            let conn = Connection::open(&args).await.ok()?;
+            let ch = conn.open_channel(None).await.ok()?;
+            let mut declare = QueueDeclareArguments::new(queue);
+            declare.passive(true);
+            let depth = ch.queue_declare(declare).await.ok()?.map(|(_, n, _)| n);
+            let _ = ch.close().await;
+            let _ = conn.close().await;
+            depth
+        };
+        tokio::time::timeout(Duration::from_secs(5), ask)
+            .await
+            .ok()
+            .flatten()
+    })
+}
+
 /// An AMQP consumer as a back end runs one: it declares a durable queue,
 /// binds it to `amq.topic` with a routing-key pattern, and consumes it
 /// with manual acks (each message is acked once handed to the test). When
@@ -611,7 +652,11 @@ async fn consume(
                 .map_err(|e| format!("basic.consume {queue}: {e}"))?;
             Ok::<_, String>((conn, ch, rx))
         };
-        let (conn, ch, mut rx) = match session.await {
+        let session = match tokio::time::timeout(Duration::from_secs(5), session).await {
+            Ok(r) => r,
+            Err(_) => Err("no answer within 5 s".to_string()),
+        };
+        let (conn, ch, mut rx) = match session {
             Ok(s) => s,
             Err(e) => {
                 if first {
