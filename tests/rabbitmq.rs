@@ -361,8 +361,7 @@ fn a_broker_restart_mid_stream_loses_and_reorders_nothing() {
     q.wait_until(WAIT, "the stream to flow", |ds| {
         (ds.len() >= 5).then_some(())
     });
-    let mut all = q.messages().to_vec();
-    drop(q);
+    let mut all = q.close();
     let login = AmqpLogin {
         vhost: VHOST.into(),
         user: CONSUMER.into(),

@@ -584,6 +584,18 @@ impl AmqpConsumer {
         }
     }
 
+    /// Disconnects, as a consumer that goes away does, and returns every
+    /// message received, in arrival order: each message this consumer acked
+    /// is in it (what it had not acked goes back to the queue).
+    pub fn close(mut self) -> Vec<Delivery> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.messages();
+        std::mem::take(&mut self.seen)
+    }
+
     fn dump(&self) -> String {
         let mut s = String::new();
         for m in &self.seen {
