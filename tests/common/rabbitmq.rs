@@ -94,8 +94,10 @@ fn unique() -> String {
 /// Sends `sig` to every process of the group `pgid` (a child started with
 /// `process_group(0)`, so its pid is its group's id).
 fn kill_group(pgid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) with a negative pid signals that process group; the
-    // group is one we created for a child we have not reaped.
+    // SAFETY: kill(2) with a negative pid signals that process group, one
+    // we created for a child. Called before the child is reaped, or right
+    // after: a group outlives its leader while any member lives, and its id
+    // is not given to another process meanwhile.
     unsafe {
         libc::kill(-(pgid as libc::pid_t), sig);
     }
