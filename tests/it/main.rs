@@ -29,6 +29,9 @@ mod modbus;
 mod offline;
 /// The outbox's promises with links broken and processes killed.
 mod outbox;
+/// The upstream against a real RabbitMQ (MQTT plugin), read by an AMQP
+/// consumer as README's recipe sets it up.
+mod rabbitmq;
 /// Every rule kind, rule state across restarts and reloads.
 mod rules;
 /// Running as a service: HTTP endpoint, `outpost status`, watchdog, signals.

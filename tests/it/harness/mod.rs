@@ -7,7 +7,8 @@
 //! its broker that can break the link in the ways real links break
 //! (`proxy`), MQTT clients that observe what arrives (`subscriber`),
 //! certificates made with `openssl` (`pki`), a plain HTTP client for the
-//! gateway's endpoint (`http`), pymodbus's Modbus server (`modbus`), the
+//! gateway's endpoint (`http`), pymodbus's Modbus server (`modbus`), a
+//! RabbitMQ node with its MQTT plugin and an AMQP consumer (`rabbitmq`), the
 //! configs tests write (`config`), the
 //! setups most tests share (`rig`), storage faults made for real: a small
 //! filesystem to fill, an outbox's files to damage (`storage`), and a
@@ -29,6 +30,7 @@ pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod pty;
+pub mod rabbitmq;
 pub mod rig;
 pub mod storage;
 pub mod subscriber;
