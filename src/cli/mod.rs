@@ -157,3 +157,20 @@ fn load(path: &std::path::Path) -> Result<Config, u8> {
         EXIT_INVALID
     })
 }
+
+/// A tokio runtime for a command: the gateway's two workers (`run`) or one
+/// thread for the short commands. Prints why when it cannot be built.
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, u8> {
+    let mut builder = match workers {
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_current_thread(),
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("outpost: cannot start the runtime: {e}");
+        EXIT_FAILURE
+    })
+}

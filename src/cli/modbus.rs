@@ -27,15 +27,9 @@ pub fn read(path: &Path, source: Option<&str>) -> u8 {
         }
         return EXIT_INVALID;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime(None) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("outpost: cannot start the runtime: {e}");
-            return EXIT_FAILURE;
-        }
+        Err(code) => return code,
     };
     let mut all_good = true;
     for bus in buses {

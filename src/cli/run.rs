@@ -26,16 +26,9 @@ pub fn run(path: &Path) -> u8 {
         Err(code) => return code,
     };
     crate::logging::init(config.gateway.log_level.as_deref());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime(Some(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("outpost: cannot start the runtime: {e}");
-            return EXIT_FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(crate::runtime::run(config)) {
         Ok(()) => EXIT_OK,

@@ -35,15 +35,9 @@ pub fn status(path: &Path, json: bool) -> u8 {
         return EXIT_FAILURE;
     };
     let addr = client::connect_addr(listen);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime(None) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("outpost status: cannot start the runtime: {e}");
-            return EXIT_FAILURE;
-        }
+        Err(code) => return code,
     };
     let resp = match rt.block_on(client::get(addr, "/status", STATUS_TIMEOUT)) {
         Ok(r) => r,

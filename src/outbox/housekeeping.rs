@@ -46,10 +46,7 @@ impl Outbox {
     ) -> Result<(), OutboxError> {
         let mut st = self.lock();
         st.last = now;
-        for (k, v) in engine {
-            st.engine.insert(k, v);
-        }
-        st.changed = true;
+        st.take_engine(engine);
         let r = self.checkpoint_locked(&mut st, now);
         self.publish_counters(&st);
         r
@@ -156,23 +153,7 @@ impl Outbox {
             if entries.is_empty() {
                 continue;
             }
-            let w = st.clock.w(now);
-            let (body, places) = record::moved(w, now.wall_ms, &entries);
-            let loc = st.append(&body, now)?;
-            for (a, (at, len)) in entries.iter().zip(places) {
-                st.index.insert(
-                    a.seq,
-                    a.severity,
-                    Entry {
-                        loc: Loc {
-                            seg: loc.seg,
-                            off: loc.off + u32::try_from(at).unwrap_or(u32::MAX),
-                        },
-                        len: u32::try_from(len).unwrap_or(u32::MAX),
-                        payload: u32::try_from(a.payload.len()).unwrap_or(u32::MAX),
-                    },
-                );
-            }
+            st.append_moved(&entries, now)?;
             st.changed = true;
         }
         Ok(())
@@ -180,6 +161,27 @@ impl Outbox {
 }
 
 impl Inner {
+    /// Appends alerts that are already stored somewhere (a sparse segment,
+    /// the earlier format) as a `moved` record, and points the index at
+    /// their new places.
+    fn append_moved(&mut self, entries: &[AlertEntry<'_>], now: Now) -> Result<(), OutboxError> {
+        let w = self.clock.w(now);
+        let (body, places) = record::moved(w, now.wall_ms, entries);
+        let loc = self.append(&body, now)?;
+        for (a, (at, len)) in entries.iter().zip(places) {
+            self.index
+                .insert(a.seq, a.severity, Entry::placed(loc, at, len, a));
+        }
+        Ok(())
+    }
+
+    /// Takes the engine state changes for the next checkpoint (later ones
+    /// win).
+    pub(super) fn take_engine(&mut self, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        self.engine.extend(changes);
+        self.changed = true;
+    }
+
     /// Imports the alerts, events and counters of an earlier-format outbox.
     pub(super) fn import(&mut self, l: &v1::Legacy, now: Now) -> Result<u64, OutboxError> {
         let w = self.clock.w(now);
@@ -203,23 +205,8 @@ impl Inner {
                     payload: &a.payload,
                 })
                 .collect();
-            let (body, places) = record::moved(w, now.wall_ms, &entries);
-            let loc = self.append(&body, now)?;
-            for (a, (at, len)) in entries.iter().zip(places) {
-                self.index.insert(
-                    a.seq,
-                    a.severity,
-                    Entry {
-                        loc: Loc {
-                            seg: loc.seg,
-                            off: loc.off + u32::try_from(at).unwrap_or(u32::MAX),
-                        },
-                        len: u32::try_from(len).unwrap_or(u32::MAX),
-                        payload: u32::try_from(a.payload.len()).unwrap_or(u32::MAX),
-                    },
-                );
-                n += 1;
-            }
+            self.append_moved(&entries, now)?;
+            n += entries.len() as u64;
             Ok(())
         })?;
         self.next_seq = self.next_seq.max(l.next_seq);

@@ -23,6 +23,23 @@ pub struct Entry {
     pub payload: u32,
 }
 
+impl Entry {
+    /// An alert entry at offset `at` (length `len`) of a record body that
+    /// starts at `body`.
+    pub fn placed(body: Loc, at: usize, len: usize, a: &super::record::AlertEntry<'_>) -> Entry {
+        Entry {
+            loc: Loc {
+                seg: body.seg,
+                off: body
+                    .off
+                    .saturating_add(u32::try_from(at).unwrap_or(u32::MAX)),
+            },
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            payload: u32::try_from(a.payload.len()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 /// Live alerts of one segment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SegLive {

@@ -534,15 +534,11 @@ impl Outbox {
             first_record = false;
             for (j, (at, len)) in places.iter().enumerate() {
                 let i = start + j;
-                let e = Entry {
-                    loc: Loc {
-                        seg: loc.seg,
-                        off: loc.off + u32::try_from(*at).unwrap_or(u32::MAX),
-                    },
-                    len: u32::try_from(*len).unwrap_or(u32::MAX),
-                    payload: u32::try_from(payloads[i].len()).unwrap_or(u32::MAX),
-                };
-                placed.push((alerts[i].seq, drafts[i].severity, e));
+                placed.push((
+                    alerts[i].seq,
+                    drafts[i].severity,
+                    Entry::placed(loc, *at, *len, &entries[j]),
+                ));
             }
             // Seqs are taken only once their record is written: a failed
             // write leaves no gap.
@@ -816,9 +812,7 @@ impl Outbox {
     ) -> Result<(), OutboxError> {
         let mut st = self.lock();
         st.last = now;
-        for (k, v) in engine {
-            st.engine.insert(k, v);
-        }
+        st.take_engine(engine);
         st.write_acks(now)?;
         let w = st.clock.w(now);
         let next = st.next_seq;

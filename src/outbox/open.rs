@@ -45,19 +45,13 @@ impl Replay {
         self.last_w = self.last_w.max(rec.w_ms);
         self.last_wall = rec.wall_ms;
         self.clean = matches!(rec.body, Body::Close { .. });
-        let body_at = |at: usize| Loc {
-            seg: loc.seg,
-            off: loc
-                .off
-                .saturating_add(u32::try_from(at).unwrap_or(u32::MAX)),
-        };
         match rec.body {
             Body::Commit(c) => {
                 if let (Some(first), Some(last)) = (c.alerts.first(), c.alerts.last()) {
                     self.commits.push((loc, first.alert.seq, last.alert.seq));
                 }
                 for p in &c.alerts {
-                    self.alert(body_at(p.at), p, full, dead);
+                    self.alert(loc, p, full, dead);
                 }
                 if full {
                     for r in &c.acks {
@@ -73,7 +67,7 @@ impl Replay {
             }
             Body::Moved(alerts) => {
                 for p in &alerts {
-                    self.alert(body_at(p.at), p, full, dead);
+                    self.alert(loc, p, full, dead);
                 }
             }
             Body::Acks(ranges) if full => ranges.into_iter().for_each(|r| self.acked(r)),
@@ -109,9 +103,10 @@ impl Replay {
         }
     }
 
+    /// An alert found in the record whose body is at `body`.
     pub(super) fn alert(
         &mut self,
-        loc: Loc,
+        body: Loc,
         p: &record::Placed<'_>,
         full: bool,
         dead: &[[u64; 2]],
@@ -124,11 +119,7 @@ impl Replay {
         self.index.insert(
             seq,
             p.alert.severity,
-            Entry {
-                loc,
-                len: u32::try_from(p.len).unwrap_or(u32::MAX),
-                payload: u32::try_from(p.alert.payload.len()).unwrap_or(u32::MAX),
-            },
+            Entry::placed(body, p.at, p.len, &p.alert),
         );
     }
 

@@ -31,49 +31,9 @@ pub fn draft(i: u64, severity: Severity) -> AlertDraft {
 
 const WALL0: i64 = 1_750_000_000_000;
 
-/// A small filesystem of its own (tmpfs), to fill up for real. Mounting
-/// needs root, as the tests get in CI; elsewhere this fails loudly.
-pub struct TinyFs {
-    dir: tempfile::TempDir,
-}
-
-impl TinyFs {
-    pub fn mount(bytes: u64) -> TinyFs {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot mount a tmpfs (the test needs root, as in CI)");
-        TinyFs { dir }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Takes every free byte with one file (`name`); remove it to give
-    /// them back.
-    pub fn fill(&self, name: &str) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.dir.path().join(name);
-        let mut f = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0xAAu8; 4096];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-        path
-    }
-}
-
-impl Drop for TinyFs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
+#[path = "../../tests/it/harness/tinyfs.rs"]
+mod tinyfs;
+pub use tinyfs::TinyFs;
 
 fn at(mono_ms: u64) -> Now {
     Now {

@@ -36,23 +36,7 @@ fn check_alert(m: &Msg, sensor: &str, state: &str, value: f64, message: &str) ->
         .keys()
         .map(|k| k.as_str())
         .collect();
-    let contract: BTreeSet<&str> = [
-        "id",
-        "seq",
-        "gateway",
-        "rule",
-        "sensor",
-        "metric",
-        "state",
-        "severity",
-        "value",
-        "threshold",
-        "ts",
-        "since",
-        "message",
-        "labels",
-    ]
-    .into();
+    let contract: BTreeSet<&str> = ALERT_FIELDS.into();
     assert_eq!(
         keys, contract,
         "payload fields differ from the contract; {ctx}"

@@ -87,6 +87,18 @@ impl Storm {
     }
 
     /// Waits until the alerts created stop growing for a second.
+    /// Toggles until the writer holds alerts in memory because the disk
+    /// refuses them.
+    fn until_held(&mut self) {
+        retry_until(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            "alerts held because the disk refuses them",
+            || self.toggles(200, 200),
+            |_| (self.metric("outpost_outbox_held") > 0.0).then_some(()),
+        );
+    }
+
     fn settle(&mut self) -> usize {
         let mut last = usize::MAX;
         let mut since = Instant::now();
@@ -220,13 +232,7 @@ fn a_disk_filled_by_something_else_is_unhealthy_counts_what_cannot_be_stored_and
     // The outbox's own space (its segment, its reserve) fills up, then
     // writes fail: /healthz says so.
     let port = s.gw.http_port();
-    retry_until(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        "alerts held because the disk refuses them",
-        || s.toggles(200, 200),
-        |_| (s.metric("outpost_outbox_held") > 0.0).then_some(()),
-    );
+    s.until_held();
     let health = http::get(port, "/healthz");
     assert_eq!(health.status, 503);
     assert!(health.body.contains("storage failing"), "{}", health.body);
@@ -280,13 +286,7 @@ fn stopping_while_the_disk_refuses_writes_is_prompt_and_clean() {
     let mut s = Storm::start(state_in(fs.path()));
     let _filler = fs.fill("filler");
     let port = s.gw.http_port();
-    retry_until(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        "alerts held because the disk refuses them",
-        || s.toggles(200, 200),
-        |_| (s.metric("outpost_outbox_held") > 0.0).then_some(()),
-    );
+    s.until_held();
     assert_eq!(http::get(port, "/healthz").status, 503);
     let t0 = Instant::now();
     s.gw.sigterm();

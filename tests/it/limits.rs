@@ -41,16 +41,6 @@ metric = "temperature"
 above = 30.0
 "#;
 
-/// A `kB` line of /proc/PID/status (`VmRSS:`, `VmHWM:`), in KiB.
-fn status_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
-}
-
 fn metric(port: u16, series: &str) -> f64 {
     http::sample(&http::get(port, "/metrics").body, series).unwrap_or(0.0)
 }

@@ -34,6 +34,21 @@ struct Entry {
     expect: f64,
 }
 
+/// A temperature probe: input register 1, a signed tenth of a degree.
+fn probe_temperature() -> Entry {
+    e(
+        "temperature",
+        "ir",
+        1,
+        "i16",
+        json!(215),
+        "big",
+        "big",
+        "scale = 0.1",
+        21.5,
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn e(
     metric: &'static str,
@@ -477,17 +492,7 @@ fn every_type_and_order_decodes_and_alerts_through_the_rules() {
 /// when it answers again the rule resolves.
 #[test]
 fn a_device_that_stops_answering_is_counted_and_the_other_keeps_being_read() {
-    let probe = [e(
-        "temperature",
-        "ir",
-        1,
-        "i16",
-        json!(215),
-        "big",
-        "big",
-        "scale = 0.1",
-        21.5,
-    )];
+    let probe = [probe_temperature()];
     let meter = [e(
         "power",
         "ir",
@@ -611,17 +616,7 @@ fn a_device_that_stops_answering_is_counted_and_the_other_keeps_being_read() {
 /// quiet), and the next clean answer is read again.
 #[test]
 fn a_garbled_answer_is_counted_and_never_trusted() {
-    let probe = [e(
-        "temperature",
-        "ir",
-        1,
-        "i16",
-        json!(215),
-        "big",
-        "big",
-        "scale = 0.1",
-        21.5,
-    )];
+    let probe = [probe_temperature()];
     let spec = json!({"devices": [device_spec(1, &probe, vec![])]});
     let toml = device_toml(1, "probe/1", &probe, "", "");
     let rules = "[[rule]]\nid = \"wrong\"\nsensor = \"probe/1\"\nmetric = \"temperature\"\noutside = [21.4, 21.6]\n";
@@ -682,32 +677,11 @@ fn a_garbled_answer_is_counted_and_never_trusted() {
     assert_eq!(rig.device("errors_total", 1, "probe/1", Some("timeout")), 0);
 }
 
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_millis(ticks * 1000 / hz)
-}
-
 /// The adapter unplugged: the bus is retried with backoff (no busy loop)
 /// and reopened at the same path when it is back.
 #[test]
 fn an_unplugged_bus_is_reopened_without_spinning() {
-    let probe = [e(
-        "temperature",
-        "ir",
-        1,
-        "i16",
-        json!(215),
-        "big",
-        "big",
-        "scale = 0.1",
-        21.5,
-    )];
+    let probe = [probe_temperature()];
     let spec = json!({"devices": [device_spec(1, &probe, vec![])]});
     let toml = device_toml(1, "probe/1", &probe, "", "");
     let mut rig = Rig::start(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::rabbitmq::{AmqpConsumer, AmqpLogin, Delivery, MqttSub, RabbitMq, queue_depth};
 use crate::harness::{
-    Config, Gateway, HOT_RULE, Pty, WAIT, poll_until, reading, run_outpost, tempdir,
+    ALERT_FIELDS, Config, Gateway, HOT_RULE, Pty, WAIT, poll_until, reading, run_outpost, tempdir,
 };
 use serde_json::Value;
 
@@ -226,23 +226,7 @@ fn the_example_delivers_alerts_to_a_durable_amqp_queue_bound_to_amq_topic() {
     }
     let got = q.wait_until(WAIT, "3 alerts", |ds| (ds.len() >= 3).then(|| ds.to_vec()));
 
-    let fields: BTreeSet<&str> = [
-        "id",
-        "seq",
-        "gateway",
-        "rule",
-        "sensor",
-        "metric",
-        "state",
-        "severity",
-        "value",
-        "threshold",
-        "ts",
-        "since",
-        "message",
-        "labels",
-    ]
-    .into();
+    let fields: BTreeSet<&str> = ALERT_FIELDS.into();
     let seq0 = seq(&got[0].json());
     for (i, (d, (sensor, t, state, key))) in got.iter().zip(script).enumerate() {
         let v = d.json();

@@ -157,15 +157,9 @@ pub fn push(a: &PushArgs) -> u8 {
         id,
         timeout: a.timeout,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::super::runtime(None) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("outpost: cannot start the runtime: {e}");
-            return EXIT_FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(exchange.run()) {
         Err(e) => {

@@ -20,6 +20,24 @@
 //! receive with one); nothing sleeps "to let things settle". When a test
 //! fails, the helpers' `Drop` prints the gateway's and the brokers' logs.
 
+/// The fields of an alert's JSON payload, as docs/contract.md lists them.
+pub const ALERT_FIELDS: [&str; 14] = [
+    "id",
+    "seq",
+    "gateway",
+    "rule",
+    "sensor",
+    "metric",
+    "state",
+    "severity",
+    "value",
+    "threshold",
+    "ts",
+    "since",
+    "message",
+    "labels",
+];
+
 pub mod broker;
 pub mod config;
 pub mod fds;
@@ -34,6 +52,7 @@ pub mod rabbitmq;
 pub mod rig;
 pub mod storage;
 pub mod subscriber;
+pub mod tinyfs;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -44,14 +63,14 @@ pub use config::{Config, HOT_RULE, reading};
 pub use gateway::{Gateway, Launch, Output, check, run_outpost};
 pub use modbus::ModbusServer;
 pub use pki::Pki;
-pub use process::{free_port, port_accepts, status_kib};
+pub use process::{cpu_time, free_port, port_accepts, status_kib};
 pub use proxy::{Proxy, assert_backs_off};
 pub use pty::Pty;
 pub use rig::{ALERTS, MqttRig, SerialRig};
-pub use storage::TinyFs;
 pub use subscriber::{
     Msg, Subscriber, alert_is, dedup_alerts, parse_ts_millis_z, publish, publish_burst,
 };
+pub use tinyfs::TinyFs;
 
 /// The default deadline of a wait: long enough for a loaded 2-core CI
 /// machine, short enough that a broken test fails quickly.
