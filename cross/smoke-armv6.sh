@@ -11,7 +11,7 @@
 # 3. `check` on every example gateway config;
 # 4. a short `run` with the upstream broker down: a [[simulate]] source
 #    (qemu's user mode lacks the termios ioctls a serial port needs, so no
-#    pty here) fires a rule, the alert is stored in the sled outbox, SIGTERM
+#    pty here) fires a rule, the alert is stored in the outbox (its log and checkpoint), SIGTERM
 #    stops the gateway cleanly, and `outbox list` reads the alert back.
 #
 # Used by cross/ci-armv6.sh (CI, a debug build) and packaging/build-deb.sh
