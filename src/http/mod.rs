@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::alert::{Alert, rfc3339_ms};
-use crate::outbox::Outbox;
+use crate::outbox::{Counts, Outbox};
 use crate::reading::Clock;
 use crate::telemetry::Telemetry;
 use status::{
@@ -75,23 +75,33 @@ impl HttpState {
     /// The oldest waiting alert, parsed, and how long it has waited in
     /// seconds (the outbox's wait clock, which a jumping wall clock does not
     /// move).
-    fn oldest(&self) -> Option<(Alert, u64)> {
-        let rec = match self.outbox.oldest() {
-            Ok(r) => r?,
+    /// With the outbox's counts of the same moment.
+    fn oldest(&self) -> (Option<(Alert, u64)>, Counts) {
+        let w = match self.outbox.waiting() {
+            Ok(w) => w,
             Err(e) => {
                 warn!(error = %e, "status: cannot read the oldest outbox record");
-                return None;
+                let counts = Counts {
+                    depth: self.outbox.depth(),
+                    bytes: self.outbox.bytes(),
+                    next_seq: self.outbox.next_seq(),
+                };
+                return (None, counts);
             }
         };
-        let age = self.outbox.oldest_waited().map_or(0, |d| d.as_secs());
-        Some((rec.alert().ok()?, age))
+        let oldest = w.oldest.and_then(|rec| {
+            let age = self.outbox.oldest_waited().map_or(0, |d| d.as_secs());
+            Some((rec.alert().ok()?, age))
+        });
+        (oldest, w.counts)
     }
 
     /// The `/status` document, now.
     pub fn status(&self) -> Status {
         let t = &self.telemetry;
         let (age, healthy) = self.progress();
-        let oldest = self.oldest().map(|(a, age_s)| OldestAlert {
+        let (oldest, counts) = self.oldest();
+        let oldest = oldest.map(|(a, age_s)| OldestAlert {
             id: a.id,
             seq: a.seq,
             rule: a.rule,
@@ -172,9 +182,9 @@ impl HttpState {
                 acked: t.alerts_acked.load(Ordering::Relaxed),
             },
             outbox: OutboxStatus {
-                depth: self.outbox.depth(),
-                bytes: self.outbox.bytes(),
-                next_seq: self.outbox.next_seq(),
+                depth: counts.depth,
+                bytes: counts.bytes,
+                next_seq: counts.next_seq,
                 dropped: self.outbox.dropped().total(),
                 errors: t.outbox_errors.load(Ordering::Relaxed),
                 oldest,

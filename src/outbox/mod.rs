@@ -300,6 +300,22 @@ impl Record {
     }
 }
 
+/// The waiting alerts' counts at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub depth: u64,
+    /// Payload bytes of the waiting alerts.
+    pub bytes: u64,
+    pub next_seq: u64,
+}
+
+/// The oldest waiting alert and the counts of the same moment.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub counts: Counts,
+    pub oldest: Option<Record>,
+}
+
 /// A snapshot of the counters, for health, status and `outbox list`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
@@ -734,11 +750,21 @@ impl Outbox {
     }
 
     pub fn stats(&self) -> Stats {
-        let oldest = self.oldest().ok().flatten();
+        let (oldest, counts) = match self.waiting() {
+            Ok(w) => (w.oldest, w.counts),
+            Err(_) => (
+                None,
+                Counts {
+                    depth: self.depth(),
+                    bytes: self.bytes(),
+                    next_seq: self.next_seq(),
+                },
+            ),
+        };
         Stats {
-            depth: self.depth(),
-            bytes: self.bytes(),
-            next_seq: self.next_seq(),
+            depth: counts.depth,
+            bytes: counts.bytes,
+            next_seq: counts.next_seq,
             dropped: self.dropped(),
             oldest_created_ms: oldest.as_ref().map(|r| r.created_ms),
             oldest_waited_ms: self

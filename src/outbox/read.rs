@@ -6,8 +6,34 @@ impl Outbox {
     /// Up to `limit` alerts with seq greater than `after` (all when
     /// `None`), in seq order. Payloads are read outside the lock.
     pub fn after(&self, after: Option<u64>, limit: usize) -> Result<Vec<Record>, OutboxError> {
-        let (items, files) = {
+        Ok(self.after_counted(after, limit)?.0)
+    }
+
+    /// The oldest waiting alert with the counts of the same moment (taken
+    /// under one lock), so a report never shows an empty outbox beside an
+    /// alert still waiting, or the reverse.
+    pub fn waiting(&self) -> Result<Waiting, OutboxError> {
+        let (mut records, counts) = self.after_counted(None, 1)?;
+        Ok(Waiting {
+            counts,
+            oldest: records.pop(),
+        })
+    }
+
+    /// [`Outbox::after`], with the counts at the moment the alerts were
+    /// chosen.
+    fn after_counted(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Record>, Counts), OutboxError> {
+        let (items, files, counts) = {
             let st = self.lock();
+            let counts = Counts {
+                depth: st.index.depth(),
+                bytes: st.index.bytes(),
+                next_seq: st.next_seq,
+            };
             let items = st.index.after(after, limit);
             let mut files: BTreeMap<u32, Arc<File>> = BTreeMap::new();
             for (_, _, e) in &items {
@@ -15,7 +41,7 @@ impl Outbox {
                     files.insert(e.loc.seg, f);
                 }
             }
-            (items, files)
+            (items, files, counts)
         };
         let mut out = Vec::with_capacity(items.len());
         let mut bad = Vec::new();
@@ -67,7 +93,7 @@ impl Outbox {
         if !bad.is_empty() {
             self.lost_while_running(&bad);
         }
-        Ok(out)
+        Ok((out, counts))
     }
 
     /// Alerts that turned unreadable after open (a segment removed under a

@@ -102,6 +102,50 @@ fn alerts_come_back_in_order_with_the_exact_payload_after_a_crash() {
     assert_eq!(push(&o, 1, Severity::Info, at(30))[0].seq, 6);
 }
 
+/// `waiting()` is one moment: while alerts are pushed and acknowledged on
+/// another thread, it never shows an empty outbox beside a waiting alert,
+/// or the reverse (`/status` once showed depth 0 with an oldest alert).
+#[test]
+fn the_oldest_alert_and_the_counts_are_read_at_one_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (o, _) = open_at(dir.path(), at(0));
+    let o = std::sync::Arc::new(o);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (o, stop) = (o.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let a = push(&o, 1, Severity::Warning, at(10 + rounds));
+                o.ack(a[0].seq).unwrap();
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let mut seen = [0u32; 2];
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        let w = o.waiting().unwrap();
+        assert_eq!(
+            w.oldest.is_some(),
+            w.counts.depth > 0,
+            "depth {} beside oldest {:?}",
+            w.counts.depth,
+            w.oldest.as_ref().map(|r| r.seq)
+        );
+        if let Some(r) = &w.oldest {
+            assert!(r.seq < w.counts.next_seq);
+        }
+        seen[usize::from(w.oldest.is_some())] += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = writer.join().unwrap();
+    assert!(rounds > 10, "the writer ran {rounds} rounds");
+    // Both sides of the race were looked at (an empty and a full outbox).
+    assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+}
+
 #[test]
 fn an_acknowledged_alert_stays_gone_after_a_clean_stop_and_the_crash_window_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
