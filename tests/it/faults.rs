@@ -17,12 +17,16 @@ use crate::harness::*;
 const EVENTS: &str = "outpost/test-gw/events";
 
 /// A local broker the sensors publish to, an upstream broker that is down
-/// until `up_again`, and a gateway between them (HTTP on) reading
-/// `storm/+` with `HOT_RULE` (every toggle 31/27 is an alert).
+/// until `up.start_again()`, and a gateway between them (HTTP on) reading
+/// `storm/+` with `HOT_RULE` (every toggle 31/27 is an alert). `sub`
+/// subscribed to the gateway's topics before the upstream broker went
+/// down: its session outlives the restart, so it misses nothing the
+/// gateway publishes the moment the broker is back.
 struct Storm {
     gw: Gateway,
     local: Mosquitto,
     up: Mosquitto,
+    sub: Subscriber,
     dir: tempfile::TempDir,
 }
 
@@ -34,11 +38,18 @@ impl Storm {
     fn start_launch(launch: Launch, rules: &str, edit: impl FnOnce(Config) -> Config) -> Storm {
         let dir = tempdir();
         let mut up = Mosquitto::start();
+        let sub = Subscriber::connect(up.port(), "outpost/test-gw/#");
         up.stop();
         let local = Mosquitto::start();
         let cfg = edit(Config::new(&up.url()).mqtt("local", &local.url(), &["storm/+"]));
         let gw = launch.start(dir.path(), &cfg.toml(), rules);
-        let mut s = Storm { gw, local, up, dir };
+        let mut s = Storm {
+            gw,
+            local,
+            up,
+            sub,
+            dir,
+        };
         s.warm_up();
         s
     }
@@ -121,8 +132,7 @@ impl Storm {
 /// Every alert and event the upstream broker gets once it is back, until
 /// every seq below `next_seq` is delivered or reported dropped; checks
 /// that nothing is missing and returns (alerts, events).
-fn drain_all(up: &mut Mosquitto, next_seq: u64) -> (Vec<Value>, Vec<Value>) {
-    let mut sub = Subscriber::connect(up.port(), "outpost/test-gw/#");
+fn drain_all(sub: &mut Subscriber, next_seq: u64) -> (Vec<Value>, Vec<Value>) {
     let deadline = Duration::from_secs(120);
     let (alerts, events) = sub.wait_until(deadline, "every seq delivered or reported", |msgs| {
         let alerts = dedup_alerts(msgs);
@@ -211,7 +221,7 @@ fn an_outbox_that_fills_its_small_disk_lowers_its_bound_to_fit_and_reports_every
     );
     let next_seq = s.next_seq();
     s.up.start_again();
-    let (alerts, events) = drain_all(&mut s.up, next_seq);
+    let (alerts, events) = drain_all(&mut s.sub, next_seq);
     let disk_full: u64 = events
         .iter()
         .filter(|e| e["event"] == "dropped")
@@ -262,7 +272,7 @@ fn a_disk_filled_by_something_else_is_unhealthy_counts_what_cannot_be_stored_and
     let unstored = s.metric("outpost_outbox_unstored_total") as u64;
     let next_seq = s.next_seq();
     s.up.start_again();
-    let (alerts, events) = drain_all(&mut s.up, next_seq);
+    let (alerts, events) = drain_all(&mut s.sub, next_seq);
     let reported: u64 = events
         .iter()
         .filter(|e| e["event"] == "unstored")
@@ -496,7 +506,7 @@ fn a_clock_that_jumps_forward_at_boot_ages_no_alert() {
         "nothing dropped by the jump"
     );
     s.up.start_again();
-    let mut sub = Subscriber::connect(s.up.port(), "outpost/test-gw/#");
+    let sub = &mut s.sub;
     let alerts = sub.wait_until(WAIT, "every alert", |msgs| {
         let a = dedup_alerts(msgs);
         (a.len() >= created).then_some(a)

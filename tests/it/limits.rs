@@ -12,8 +12,9 @@ use crate::harness::*;
 /// (20,000) for each of the two rules that keep a pair per sensor.
 const FLOOD: u64 = 52_000;
 /// Published before waiting for the gateway to have read them all: well
-/// under Mosquitto's 1,000 queued QoS 1 messages per client, so none is
-/// dropped on the way.
+/// under Mosquitto's default of 1,000 queued QoS 1 messages per client (the
+/// test broker queues without a limit), so none would be dropped on the
+/// way by a broker as configured in the field.
 const CHUNK: u64 = 500;
 
 /// A silence watch and a 1 h average on every sensor (a pair each, never
