@@ -677,6 +677,94 @@ fn a_garbled_answer_is_counted_and_never_trusted() {
     assert_eq!(rig.device("errors_total", 1, "probe/1", Some("timeout")), 0);
 }
 
+/// A register the device does not have: pymodbus answers that request with
+/// exception 2 (illegal data address), a real device's answer to a wrong
+/// register map. Counted as `exception` and logged with its code and the
+/// registers asked for; the device's other request, to registers it has,
+/// keeps being answered and alerting. The device is shown failing (up means
+/// every request of its last poll answered), with the exception as the
+/// reason.
+#[test]
+fn an_exception_answer_is_counted_logged_with_its_code_and_the_other_registers_still_read() {
+    let probe = [probe_temperature()];
+    let spec = json!({"devices": [device_spec(1, &probe, vec![])]});
+    // Input register 40 is not in the device (a separate request: max_gap 0).
+    let missing = "  { metric = \"humidity\", kind = \"input\", address = 40, type = \"u16\" },\n";
+    let toml = device_toml(1, "probe/1", &probe, missing, "");
+    let mut rig = Rig::start(
+        spec,
+        |path| format!("{}{toml}", bus_toml("rs485", path, "1s")),
+        SEEN,
+    );
+    alert(&mut rig.sub, "seen", "probe/1", "temperature", "firing");
+    let exceptions = rig.wait_device(
+        "exception answers",
+        "errors_total",
+        1,
+        "probe/1",
+        Some("exception"),
+        3,
+    );
+    let answers = rig.device("answers_total", 1, "probe/1", None);
+    rig.wait_device(
+        "the probe's temperature read beside the exceptions",
+        "answers_total",
+        1,
+        "probe/1",
+        None,
+        answers + 3,
+    );
+    assert_eq!(rig.device("device_up", 1, "probe/1", None), 0);
+    let status = run_outpost(
+        rig.dir.path(),
+        &[
+            "status",
+            "--config",
+            rig.dir.path().join("outpost.toml").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.contains("probe/1") && l.contains("FAILING") && l.contains("exception")),
+        "{}",
+        status.all()
+    );
+    for other in ["timeout", "bad_crc", "bad_frame"] {
+        assert_eq!(
+            rig.device("errors_total", 1, "probe/1", Some(other)),
+            0,
+            "{other} counted for an exception answer"
+        );
+    }
+    rig.sub.barrier("outpost/test-gw/alerts/barrier");
+    let metrics: Vec<String> = dedup_alerts(rig.sub.messages())
+        .iter()
+        .filter_map(|a| a["metric"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(metrics, vec!["temperature"], "an exception became a value");
+
+    let log = rig.gw.run_log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("modbus request failed"))
+        .collect();
+    assert_eq!(
+        warned.len(),
+        1,
+        "{exceptions} exceptions, warnings (at most one per 10 s):\n{}",
+        warned.join("\n")
+    );
+    assert!(
+        warned[0].contains("exception 2 (illegal data address)")
+            && warned[0].contains("registers=input 40 metrics=humidity")
+            && warned[0].contains("error=\"exception\""),
+        "{}",
+        warned[0]
+    );
+}
+
 /// The adapter unplugged: the bus is retried with backoff (no busy loop)
 /// and reopened at the same path when it is back.
 #[test]
