@@ -314,13 +314,16 @@ impl Exchange {
         let mut poll = mqtt::poll(eventloop);
         let deadline = Instant::now() + self.timeout;
         let mut published = false;
+        // The push went out (its PUBACK may not have come back).
+        let mut sent = false;
         let result = loop {
             let Ok((el, ev)) = tokio::time::timeout_at(deadline, &mut poll).await else {
                 break Err(if published {
                     format!(
-                        "no answer from the gateway on {} within {:?}: is it running, connected to {url}, with [remote] rules = true?",
+                        "no answer from the gateway on {} within {:?}: is it running, connected to {url}, with [remote] rules = true, and may this login publish to {}?",
                         self.answer.as_deref().unwrap_or("?"),
-                        self.timeout
+                        self.timeout,
+                        self.topic
                     )
                 } else {
                     format!("could not publish to {url} within {:?}", self.timeout)
@@ -334,9 +337,15 @@ impl Exchange {
                             break Err(format!("{url}: cannot subscribe: {e}"));
                         }
                     }
-                    None => self.publish(&client)?,
+                    None => {
+                        self.publish(&client)?;
+                        sent = true;
+                    }
                 },
-                Ok(Event::Incoming(Packet::SubAck(_))) => self.publish(&client)?,
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    self.publish(&client)?;
+                    sent = true;
+                }
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     published = true;
                     if self.answer.is_none() {
@@ -353,6 +362,15 @@ impl Exchange {
                     }
                 }
                 Ok(_) => {}
+                // A broker may close the connection of a login its ACL
+                // refuses a publish (MQTT 3.1.1 has no way to say so).
+                Err(e) if sent => {
+                    break Err(format!(
+                        "no answer: {url} closed the connection after the push was sent ({}): may this login publish to {}?",
+                        mqtt::explain(&e, &url.host),
+                        self.topic
+                    ));
+                }
                 Err(e) => break Err(format!("{url}: {}", mqtt::explain(&e, &url.host))),
             }
         };

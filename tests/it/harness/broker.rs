@@ -144,7 +144,7 @@ impl Mosquitto {
                  persistence_file mosquitto.db\n\
                  log_dest file {d}/mosquitto.log\n\
                  log_type all\n\
-                 max_queued_messages 0\n"
+                 max_queued_messages 1000000\n"
             )
         });
         conf.push_str(&format!(
