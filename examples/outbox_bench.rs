@@ -169,7 +169,7 @@ fn main() -> anyhow::Result<()> {
         ]
     };
     if !rates.is_empty() {
-        println!("## durable alerts/s (payload ~330 B, sled flush = fsync)");
+        println!("## durable alerts/s (payload ~330 B, flush = fdatasync of the log)");
     }
     for (name, group, period) in rates {
         let dir = root
@@ -195,7 +195,7 @@ fn main() -> anyhow::Result<()> {
         let t0 = Instant::now();
         fill(&o, backlog)?;
         println!(
-            "\n## backlog: {backlog} alerts, {} payload bytes, sled on disk {} bytes, written in {:.2} s; \
+            "\n## backlog: {backlog} alerts, {} payload bytes, outbox on disk {} bytes, written in {:.2} s; \
              RSS of the writing process {} -> {} KiB",
             o.bytes(),
             o.size_on_disk(),
