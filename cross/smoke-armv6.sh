@@ -14,8 +14,8 @@
 #    pty here) fires a rule, the alert is stored in the outbox (its log and checkpoint), SIGTERM
 #    stops the gateway cleanly, and `outbox list` reads the alert back.
 #
-# Used by cross/ci-armv6.sh (CI, a debug build) and packaging/build-deb.sh
-# (the release binary that goes into the armhf .deb). Installs
+# Used by cross/ci-armv6.sh (CI) and packaging/build-deb.sh, on the same
+# release binary (the one that goes into the armhf .deb). Installs
 # qemu-user-static (apt) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
