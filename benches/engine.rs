@@ -12,29 +12,16 @@
 //! (`refuse`). Eviction is amortized O(1): the cost should stay flat from
 //! 2,000 to 200,000 pairs.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use outpost::reading::{Now, Reading};
-use outpost::rules::{Aggregate, Condition, Engine, Glob, Limits, OnMaxPairs, Rule, Severity};
+use outpost::rules::{Aggregate, Condition, Engine, Limits, OnMaxPairs, Rule};
 
 const METRICS: [&str; 4] = ["temperature", "humidity", "pressure", "co2"];
 
 fn rule(id: String, sensor: String, metric: &str, condition: Condition) -> Rule {
-    Rule {
-        id,
-        sensor: Glob::new(sensor),
-        metric: Glob::new(metric),
-        condition,
-        aggregate: None,
-        for_ms: 0,
-        repeat_ms: None,
-        severity: Severity::Warning,
-        message: None,
-        labels: BTreeMap::new(),
-        actions: Vec::new(),
-    }
+    Rule::plain(&id, &sensor, metric, condition)
 }
 
 fn rules(n: usize) -> Vec<Rule> {

@@ -6,11 +6,10 @@
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use outpost::reading::{Now, Reading};
-use outpost::rules::{Aggregate, Condition, Engine, Glob, Limits, OnMaxPairs, Rule, Severity};
+use outpost::rules::{Aggregate, Condition, Engine, Limits, OnMaxPairs, Rule};
 
 /// The system allocator, counting the bytes live.
 struct Counting;
@@ -60,17 +59,8 @@ fn rss() -> (usize, usize) {
 
 fn rule(id: &str, condition: Condition, aggregate: Option<(Aggregate, u64)>) -> Rule {
     Rule {
-        id: id.to_string(),
-        sensor: Glob::new("*"),
-        metric: Glob::new("temperature"),
-        condition,
         aggregate,
-        for_ms: 0,
-        repeat_ms: None,
-        severity: Severity::Warning,
-        message: None,
-        labels: BTreeMap::new(),
-        actions: Vec::new(),
+        ..Rule::plain(id, "*", "temperature", condition)
     }
 }
 

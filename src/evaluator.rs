@@ -324,29 +324,21 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{Action, AlertState, Condition, Glob, Severity};
+    use crate::rules::{Action, AlertState, Condition};
 
     fn rule(id: &str, above: f64) -> Rule {
+        let condition = Condition::Above {
+            threshold: above,
+            clear: None,
+        };
         Rule {
-            id: id.into(),
-            sensor: Glob::new("*"),
-            metric: Glob::new("t"),
-            condition: Condition::Above {
-                threshold: above,
-                clear: None,
-            },
-            aggregate: None,
-            for_ms: 0,
-            repeat_ms: None,
-            severity: Severity::Warning,
-            message: None,
-            labels: Default::default(),
             actions: vec![Action {
                 broker: "local".into(),
                 topic: "fan/set".into(),
                 on_firing: Some("ON".into()),
                 on_resolved: Some("OFF".into()),
             }],
+            ..Rule::plain(id, "*", "t", condition)
         }
     }
 

@@ -282,23 +282,11 @@ mod tests {
     }
 
     fn rule(id: &str, above: f64) -> Rule {
-        use crate::rules::{Condition, Glob, Severity};
-        Rule {
-            id: id.into(),
-            sensor: Glob::new("*"),
-            metric: Glob::new("t"),
-            condition: Condition::Above {
-                threshold: above,
-                clear: None,
-            },
-            aggregate: None,
-            for_ms: 0,
-            repeat_ms: None,
-            severity: Severity::Warning,
-            message: None,
-            labels: Default::default(),
-            actions: vec![],
-        }
+        let condition = crate::rules::Condition::Above {
+            threshold: above,
+            clear: None,
+        };
+        Rule::plain(id, "*", "t", condition)
     }
 
     #[test]

@@ -142,6 +142,27 @@ pub struct Rule {
     pub actions: Vec<Action>,
 }
 
+impl Rule {
+    /// A rule with only what it tests: no aggregate, `for` or repeat,
+    /// severity `warning`, the default message, no labels or actions (for
+    /// tests, benches and tools; a rules file sets every field).
+    pub fn plain(id: &str, sensor: &str, metric: &str, condition: Condition) -> Rule {
+        Rule {
+            id: id.to_string(),
+            sensor: Glob::new(sensor),
+            metric: Glob::new(metric),
+            condition,
+            aggregate: None,
+            for_ms: 0,
+            repeat_ms: None,
+            severity: Severity::Warning,
+            message: None,
+            labels: BTreeMap::new(),
+            actions: Vec::new(),
+        }
+    }
+}
+
 /// `firing` or `resolved`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

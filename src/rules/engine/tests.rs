@@ -15,19 +15,7 @@ fn now(t: u64) -> Now {
 }
 
 fn rule(id: &str, sensor: &str, condition: Condition) -> Rule {
-    Rule {
-        id: id.to_string(),
-        sensor: Glob::new(sensor),
-        metric: Glob::new("temp"),
-        condition,
-        aggregate: None,
-        for_ms: 0,
-        repeat_ms: None,
-        severity: Severity::Warning,
-        message: None,
-        labels: BTreeMap::new(),
-        actions: Vec::new(),
-    }
+    Rule::plain(id, sensor, "temp", condition)
 }
 
 fn above(threshold: f64) -> Condition {
