@@ -262,6 +262,6 @@ mod tests {
         assert!(line.len() <= 2048, "{}", line.len());
         // The cut the upstream would otherwise make, made once, at push.
         assert_eq!(line, created[0].to_payload(2048).as_slice());
-        assert_eq!(line, o.oldest().unwrap().unwrap().payload.as_slice());
+        assert_eq!(line, o.waiting().oldest.unwrap().payload.as_slice());
     }
 }

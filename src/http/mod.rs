@@ -74,21 +74,9 @@ impl HttpState {
 
     /// The oldest waiting alert, parsed, and how long it has waited in
     /// seconds (the outbox's wait clock, which a jumping wall clock does not
-    /// move).
-    /// With the outbox's counts of the same moment.
+    /// move), with the outbox's counts of the same moment.
     fn oldest(&self) -> (Option<(Alert, u64)>, Counts) {
-        let w = match self.outbox.waiting() {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(error = %e, "status: cannot read the oldest outbox record");
-                let counts = Counts {
-                    depth: self.outbox.depth(),
-                    bytes: self.outbox.bytes(),
-                    next_seq: self.outbox.next_seq(),
-                };
-                return (None, counts);
-            }
-        };
+        let w = self.outbox.waiting();
         let oldest = w.oldest.and_then(|rec| {
             let age = self.outbox.oldest_waited().map_or(0, |d| d.as_secs());
             Some((rec.alert().ok()?, age))

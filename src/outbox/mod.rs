@@ -744,23 +744,8 @@ impl Outbox {
         self.next_seq.load(Ordering::Relaxed)
     }
 
-    /// The oldest waiting alert, if any.
-    pub fn oldest(&self) -> Result<Option<Record>, OutboxError> {
-        Ok(self.after(None, 1)?.into_iter().next())
-    }
-
     pub fn stats(&self) -> Stats {
-        let (oldest, counts) = match self.waiting() {
-            Ok(w) => (w.oldest, w.counts),
-            Err(_) => (
-                None,
-                Counts {
-                    depth: self.depth(),
-                    bytes: self.bytes(),
-                    next_seq: self.next_seq(),
-                },
-            ),
-        };
+        let Waiting { counts, oldest } = self.waiting();
         Stats {
             depth: counts.depth,
             bytes: counts.bytes,

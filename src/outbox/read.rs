@@ -6,27 +6,24 @@ impl Outbox {
     /// Up to `limit` alerts with seq greater than `after` (all when
     /// `None`), in seq order. Payloads are read outside the lock.
     pub fn after(&self, after: Option<u64>, limit: usize) -> Result<Vec<Record>, OutboxError> {
-        Ok(self.after_counted(after, limit)?.0)
+        Ok(self.after_counted(after, limit).0)
     }
 
     /// The oldest waiting alert with the counts of the same moment (taken
     /// under one lock), so a report never shows an empty outbox beside an
     /// alert still waiting, or the reverse.
-    pub fn waiting(&self) -> Result<Waiting, OutboxError> {
-        let (mut records, counts) = self.after_counted(None, 1)?;
-        Ok(Waiting {
+    pub fn waiting(&self) -> Waiting {
+        let (mut records, counts) = self.after_counted(None, 1);
+        Waiting {
             counts,
             oldest: records.pop(),
-        })
+        }
     }
 
     /// [`Outbox::after`], with the counts at the moment the alerts were
     /// chosen.
-    fn after_counted(
-        &self,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<(Vec<Record>, Counts), OutboxError> {
+    /// A record that cannot be read is left out and reported as lost.
+    fn after_counted(&self, after: Option<u64>, limit: usize) -> (Vec<Record>, Counts) {
         let (items, files, counts) = {
             let st = self.lock();
             let counts = Counts {
@@ -93,7 +90,7 @@ impl Outbox {
         if !bad.is_empty() {
             self.lost_while_running(&bad);
         }
-        Ok((out, counts))
+        (out, counts)
     }
 
     /// Alerts that turned unreadable after open (a segment removed under a

@@ -680,7 +680,7 @@ mod tests {
             crate::reading::Clock::new().now(),
         )
         .unwrap();
-        let r = o.oldest().unwrap().unwrap();
+        let r = o.waiting().oldest.unwrap();
         let alert = r.alert().unwrap();
         let p = publishable(r.payload, &alert, 1024);
         assert!(p.len() <= 1024, "{}", p.len());
