@@ -28,13 +28,12 @@ pub struct SourceCounters {
     /// Lines or messages received.
     pub messages: AtomicU64,
     pub readings: AtomicU64,
-    /// Bad input by kind (`not_utf8`, `syntax`, `too_long`, ...).
-    errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Bad input by kind (`not_utf8`, `syntax`, `too_long`, ...), and the
+    /// rate limit of its warning.
+    faults: Faults,
     /// Times the port was reopened or the broker reconnected.
     pub reopens: AtomicU64,
     pub connected: AtomicBool,
-    /// Rate limit for the bad-input warning.
-    warn: Mutex<WarnLimiter>,
 }
 
 impl SourceCounters {
@@ -44,23 +43,18 @@ impl SourceCounters {
             kind,
             messages: AtomicU64::new(0),
             readings: AtomicU64::new(0),
-            errors: Mutex::new(BTreeMap::new()),
+            faults: Faults::new(),
             reopens: AtomicU64::new(0),
             connected: AtomicBool::new(false),
-            warn: Mutex::new(WarnLimiter::new(Duration::from_secs(10))),
         }
     }
 
     pub fn error(&self, kind: &'static str) {
-        let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        *e.entry(kind).or_insert(0) += 1;
+        self.faults.add(kind);
     }
 
     pub fn errors(&self) -> BTreeMap<&'static str, u64> {
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.faults.counts()
     }
 
     pub fn error_total(&self) -> u64 {
@@ -70,6 +64,38 @@ impl SourceCounters {
     /// Whether a bad-input warning may be logged now, and how many were
     /// suppressed since the last one.
     pub fn may_warn(&self) -> Option<u64> {
+        self.faults.may_warn()
+    }
+}
+
+/// Failures counted by kind, and a warning about them at most every 10 s.
+#[derive(Debug)]
+struct Faults {
+    by_kind: Mutex<BTreeMap<&'static str, u64>>,
+    warn: Mutex<WarnLimiter>,
+}
+
+impl Faults {
+    fn new() -> Self {
+        Faults {
+            by_kind: Mutex::new(BTreeMap::new()),
+            warn: Mutex::new(WarnLimiter::new(Duration::from_secs(10))),
+        }
+    }
+
+    fn add(&self, kind: &'static str) {
+        let mut e = self.by_kind.lock().unwrap_or_else(|p| p.into_inner());
+        *e.entry(kind).or_insert(0) += 1;
+    }
+
+    fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.by_kind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn may_warn(&self) -> Option<u64> {
         self.warn
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -88,15 +114,14 @@ pub struct DeviceCounters {
     /// Good answers.
     pub answers: AtomicU64,
     pub readings: AtomicU64,
-    /// Failed requests by kind (`timeout`, `exception`, `bad_crc`, `bad_frame`)
-    /// and values left out (`non_finite`).
-    errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Failed requests by kind (`timeout`, `exception`, `bad_crc`,
+    /// `bad_frame`) and values left out (`non_finite`), and the rate limit
+    /// of its warnings.
+    faults: Faults,
     /// True while every request of its last poll was answered.
     pub up: AtomicBool,
     /// Wall-clock ms of the last good answer (0: never).
     pub last_answer_ms: AtomicI64,
-    /// Rate limit for its warnings.
-    warn: Mutex<WarnLimiter>,
 }
 
 impl DeviceCounters {
@@ -108,32 +133,24 @@ impl DeviceCounters {
             requests: AtomicU64::new(0),
             answers: AtomicU64::new(0),
             readings: AtomicU64::new(0),
-            errors: Mutex::new(BTreeMap::new()),
+            faults: Faults::new(),
             up: AtomicBool::new(false),
             last_answer_ms: AtomicI64::new(0),
-            warn: Mutex::new(WarnLimiter::new(Duration::from_secs(10))),
         }
     }
 
     pub fn error(&self, kind: &'static str) {
-        let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        *e.entry(kind).or_insert(0) += 1;
+        self.faults.add(kind);
     }
 
     pub fn errors(&self) -> BTreeMap<&'static str, u64> {
-        self.errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.faults.counts()
     }
 
     /// Whether a warning about this device may be logged now, and how many
     /// were suppressed since the last one.
     pub fn may_warn(&self) -> Option<u64> {
-        self.warn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .check(Instant::now())
+        self.faults.may_warn()
     }
 }
 
