@@ -13,9 +13,10 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::harness::rabbitmq::{AmqpConsumer, AmqpLogin, Delivery, MqttSub, RabbitMq, queue_depth};
+use crate::harness::rabbitmq::{AmqpConsumer, AmqpLogin, Delivery, RabbitMq, queue_depth};
 use crate::harness::{
-    ALERT_FIELDS, Config, Gateway, HOT_RULE, Pty, WAIT, poll_until, reading, run_outpost, tempdir,
+    ALERT_FIELDS, Config, Gateway, HOT_RULE, Pty, Subscriber, WAIT, poll_until, reading,
+    run_outpost, tempdir,
 };
 use serde_json::Value;
 
@@ -69,8 +70,10 @@ fn consumer(r: &RabbitMq, gw: &str) -> AmqpConsumer {
     )
 }
 
-fn observer(r: &RabbitMq, filter: &str) -> MqttSub {
-    MqttSub::connect(r.mqtt_port(), &format!("{VHOST}:guest"), "guest", filter)
+fn observer(r: &RabbitMq, filter: &str) -> Subscriber {
+    let login = format!("{VHOST}:guest");
+    let within = crate::harness::rabbitmq::WAIT;
+    Subscriber::connect_login(r.mqtt_port(), &login, "guest", filter, within)
 }
 
 fn write_secret(dir: &Path) {

@@ -30,7 +30,6 @@ use amqprs::channel::{
     QueueDeclareArguments,
 };
 use amqprs::connection::{Connection, OpenConnectionArguments};
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 use super::{POLL, poll_until, port_accepts, tail, unique_suffix as unique};
 
@@ -42,7 +41,7 @@ pub const BOOT: Duration = Duration::from_secs(90);
 
 /// Deadline of the smaller waits (a subscription, a message): longer than
 /// the harness's, a node under load answers slowly.
-const WAIT: Duration = Duration::from_secs(20);
+pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Where Debian's package puts the scripts that run a node as the calling
 /// user (`/usr/sbin/rabbitmq-server` would switch to the `rabbitmq` user).
@@ -674,141 +673,5 @@ async fn consume(
             let _ = ch.close().await;
             let _ = conn.close().await;
         }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// MQTT subscriber with a login
-// ---------------------------------------------------------------------------
-
-/// One MQTT message as a subscriber received it.
-#[derive(Clone, Debug)]
-pub struct MqttMsg {
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub retain: bool,
-}
-
-impl MqttMsg {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.payload).into_owned()
-    }
-}
-
-/// A fresh MQTT subscriber (clean session, QoS 1) logging in with a user
-/// name and password, as RabbitMQ wants `vhost:user` for a vhost other
-/// than the plugin's default. `connect` returns after the SUBACK.
-pub struct MqttSub {
-    client: Client,
-    rx: Receiver<MqttMsg>,
-    seen: Vec<MqttMsg>,
-    stop: Arc<AtomicBool>,
-    filter: String,
-}
-
-impl MqttSub {
-    pub fn connect(port: u16, username: &str, password: &str, filter: &str) -> MqttSub {
-        let mut opts = MqttOptions::new(format!("test-sub-{}", unique()), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(5));
-        opts.set_clean_session(true);
-        opts.set_credentials(username, password);
-        let (client, mut conn) = Client::new(opts, 64);
-        let (tx, rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (c, f, s) = (client.clone(), filter.to_string(), stop.clone());
-        thread::spawn(move || {
-            for ev in conn.iter() {
-                if s.load(Ordering::Relaxed) {
-                    break;
-                }
-                match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = c.try_subscribe(f.clone(), QoS::AtLeastOnce);
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = ready_tx.send(Ok(()));
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let m = MqttMsg {
-                            topic: p.topic.clone(),
-                            payload: p.payload.to_vec(),
-                            retain: p.retain,
-                        };
-                        if tx.send(m).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        // Reconnect backoff, not a wait for a condition.
-                        thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-        });
-        match ready_rx.recv_timeout(WAIT) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("MQTT subscriber {username} on {filter}: {e}"),
-            Err(_) => panic!("no SUBACK for {filter} from 127.0.0.1:{port} within {WAIT:?}"),
-        }
-        MqttSub {
-            client,
-            rx,
-            seen: Vec::new(),
-            stop,
-            filter: filter.to_string(),
-        }
-    }
-
-    /// The first message (arrival order, earlier ones included) that
-    /// satisfies `pred`; panics after `timeout` listing what did arrive.
-    pub fn wait_for(
-        &mut self,
-        timeout: Duration,
-        what: &str,
-        pred: impl Fn(&MqttMsg) -> bool,
-    ) -> MqttMsg {
-        let deadline = Instant::now() + timeout;
-        loop {
-            while let Ok(m) = self.rx.try_recv() {
-                self.seen.push(m);
-            }
-            if let Some(m) = self.seen.iter().find(|m| pred(m)) {
-                return m.clone();
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let got: Vec<String> = self
-                    .seen
-                    .iter()
-                    .map(|m| format!("  {} (retain={}) {}", m.topic, m.retain, m.text()))
-                    .collect();
-                panic!(
-                    "timed out after {timeout:?} waiting for {what} on {}; received:\n{}",
-                    self.filter,
-                    got.join("\n")
-                );
-            }
-            if let Ok(m) = self.rx.recv_timeout(deadline - now) {
-                self.seen.push(m);
-            }
-        }
-    }
-
-    /// Every message received so far, in arrival order.
-    pub fn messages(&mut self) -> &[MqttMsg] {
-        while let Ok(m) = self.rx.try_recv() {
-            self.seen.push(m);
-        }
-        &self.seen
-    }
-}
-
-impl Drop for MqttSub {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.client.try_disconnect();
     }
 }

@@ -50,7 +50,9 @@ impl Msg {
 /// with QoS 2, so the QoS it sees is the QoS the publisher used, and it
 /// misses nothing across a broker restart (see `Mosquitto`). It reconnects
 /// by itself. `connect` returns once the broker acknowledged the
-/// subscription (SUBACK).
+/// subscription (SUBACK). `connect_login` is the fresh observer a broker
+/// with logins wants (RabbitMQ: `vhost:user`): a clean session, QoS 1, the
+/// SUBACK awaited `within` (a loaded broker may be slow).
 pub struct Subscriber {
     client: Client,
     port: u16,
@@ -62,15 +64,40 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn connect(port: u16, filter: &str) -> Subscriber {
+        let mut opts = Subscriber::options(port);
+        opts.set_clean_session(false);
+        Subscriber::start(opts, filter, QoS::ExactlyOnce, WAIT)
+    }
+
+    pub fn connect_login(
+        port: u16,
+        username: &str,
+        password: &str,
+        filter: &str,
+        within: Duration,
+    ) -> Subscriber {
+        let mut opts = Subscriber::options(port);
+        opts.set_clean_session(true);
+        opts.set_credentials(username, password);
+        Subscriber::start(opts, filter, QoS::AtLeastOnce, within)
+    }
+
+    fn options(port: u16) -> MqttOptions {
         let mut opts = MqttOptions::new(format!("test-sub-{}", unique_suffix()), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
-        opts.set_clean_session(false);
         opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts
+    }
+
+    fn start(opts: MqttOptions, filter: &str, qos: QoS, within: Duration) -> Subscriber {
+        let port = opts.broker_address().1;
         let (client, mut conn) = Client::new(opts, 64);
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let (c, f, s) = (client.clone(), filter.to_string(), stop.clone());
+        let last_error = Arc::new(std::sync::Mutex::new(None::<String>));
+        let error_seen = last_error.clone();
         thread::spawn(move || {
             for ev in conn.iter() {
                 if s.load(Ordering::Relaxed) {
@@ -79,7 +106,7 @@ impl Subscriber {
                 match ev {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         if !ack.session_present {
-                            let _ = c.try_subscribe(f.clone(), QoS::ExactlyOnce);
+                            let _ = c.try_subscribe(f.clone(), qos);
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -99,12 +126,19 @@ impl Subscriber {
                     Ok(_) => {}
                     // Broker down: rumqttc reconnects on the next poll; this
                     // is a reconnect backoff, not a wait for a condition.
-                    Err(_) => thread::sleep(Duration::from_millis(100)),
+                    Err(e) => {
+                        *error_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        thread::sleep(Duration::from_millis(100))
+                    }
                 }
             }
         });
-        if ready_rx.recv_timeout(WAIT).is_err() {
-            panic!("no SUBACK for {filter} from 127.0.0.1:{port} within {WAIT:?}");
+        if ready_rx.recv_timeout(within).is_err() {
+            let error = last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            panic!(
+                "no SUBACK for {filter} from 127.0.0.1:{port} within {within:?} (last error: {})",
+                error.as_deref().unwrap_or("none")
+            );
         }
         Subscriber {
             client,
