@@ -1,8 +1,29 @@
 //! Logs to stderr through `tracing`: journald-friendly (no colours and no
 //! timestamps of our own when systemd captures stderr), level from
 //! `RUST_LOG`, else `gateway.log_level`, else `info`.
+//!
+//! Lines go to stderr as they are logged, one `write(2)` each, except inside
+//! a [`batch`]: the outbox writer logs every alert it stores, and a group
+//! commit of thousands of alerts would otherwise cost as many system calls
+//! as lines. A batch keeps its lines on its thread and writes them together
+//! when it ends (or every [`BATCH_BYTES`]), so they reach the journal in
+//! order and at once; only a process killed inside a batch, microseconds
+//! long, loses its lines (the alerts themselves are in the outbox).
+
+use std::cell::RefCell;
+use std::io::{self, Write};
+use std::marker::PhantomData;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// A batch writes what it holds once it holds this much.
+pub const BATCH_BYTES: usize = 32 * 1024;
+
+thread_local! {
+    /// The open batch's lines on this thread (None: no batch open).
+    static BATCH: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
 
 pub fn init(config_level: Option<&str>) {
     let filter = std::env::var("RUST_LOG")
@@ -13,7 +34,7 @@ pub fn init(config_level: Option<&str>) {
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(Stderr)
         .with_ansi(!journald && std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = if journald {
         builder.without_time().try_init()
@@ -22,4 +43,145 @@ pub fn init(config_level: Option<&str>) {
     };
     // Already initialised (tests): keep the first subscriber.
     let _ = result;
+}
+
+/// Opens a batch on this thread; it is written when the guard drops. Not
+/// `Send`: a batch never spans an `.await` that could move its task to
+/// another thread. A batch opened inside another adds to the outer one.
+pub fn batch() -> Batch {
+    let outer = BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        let open = b.is_some();
+        if !open {
+            *b = Some(Vec::new());
+        }
+        !open
+    });
+    Batch {
+        outer,
+        _not_send: PhantomData,
+    }
+}
+
+/// See [`batch`].
+#[must_use = "the lines are written when the batch drops"]
+pub struct Batch {
+    /// This guard opened the batch (and writes it).
+    outer: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if !self.outer {
+            return;
+        }
+        if let Some(lines) = BATCH.with(|b| b.borrow_mut().take()) {
+            write_stderr(&lines);
+        }
+    }
+}
+
+fn write_stderr(bytes: &[u8]) {
+    if !bytes.is_empty() {
+        // Nowhere to report a failed log write.
+        let _ = io::stderr().lock().write_all(bytes);
+    }
+}
+
+/// What became of a line given to [`hold`].
+#[derive(Debug, PartialEq)]
+enum Held {
+    /// No batch is open: write it now.
+    NoBatch,
+    /// Kept in the open batch.
+    Kept,
+    /// Kept, and the batch is full: write these now.
+    Full(Vec<u8>),
+}
+
+/// Adds `line` to this thread's open batch, if one is open.
+fn hold(line: &[u8]) -> Held {
+    BATCH.with(|b| match b.borrow_mut().as_mut() {
+        Some(lines) => {
+            lines.extend_from_slice(line);
+            if lines.len() >= BATCH_BYTES {
+                Held::Full(std::mem::take(lines))
+            } else {
+                Held::Kept
+            }
+        }
+        None => Held::NoBatch,
+    })
+}
+
+/// Stderr, through the open batch if there is one.
+struct Stderr;
+
+impl<'a> MakeWriter<'a> for Stderr {
+    type Writer = Stderr;
+
+    fn make_writer(&'a self) -> Stderr {
+        Stderr
+    }
+}
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match hold(buf) {
+            Held::NoBatch => write_stderr(buf),
+            Held::Kept => {}
+            Held::Full(lines) => write_stderr(&lines),
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held() -> Option<Vec<u8>> {
+        BATCH.with(|b| b.borrow().clone())
+    }
+
+    #[test]
+    fn a_batch_holds_its_lines_until_it_ends_and_a_nested_one_adds_to_it() {
+        assert_eq!(hold(b"no batch\n"), Held::NoBatch);
+        let outer = batch();
+        assert_eq!(hold(b"one\n"), Held::Kept);
+        {
+            let _inner = batch();
+            assert_eq!(hold(b"two\n"), Held::Kept);
+        }
+        assert_eq!(held().as_deref(), Some(&b"one\ntwo\n"[..]));
+        // Emptied before the guard writes to stderr (which the test output shows).
+        BATCH.with(|b| b.borrow_mut().as_mut().map(Vec::clear));
+        drop(outer);
+        assert_eq!(held(), None);
+        assert_eq!(hold(b"after\n"), Held::NoBatch);
+    }
+
+    #[test]
+    fn a_batch_hands_its_lines_over_once_it_holds_enough() {
+        let _b = batch();
+        let line = [b'x'; 1000];
+        for _ in 0..BATCH_BYTES / 1000 {
+            assert_eq!(hold(&line), Held::Kept);
+        }
+        match hold(&line) {
+            Held::Full(lines) => assert_eq!(lines.len(), (BATCH_BYTES / 1000 + 1) * 1000),
+            other => panic!("not handed over: {other:?}"),
+        }
+        assert_eq!(held(), Some(Vec::new()));
+    }
 }

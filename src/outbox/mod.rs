@@ -15,6 +15,9 @@
 //! a crash, and the next commit's sync carries them anyway. In memory the
 //! outbox keeps only where each waiting alert is ([`index`], about 40 bytes
 //! each), never the payloads: memory does not grow with the backlog's bytes.
+//! The one exception is bounded: the log keeps a copy of the last 128-256
+//! KiB it appended, so an upstream that keeps up reads what was just
+//! written from memory instead of with a `pread` per PUBACK.
 //!
 //! A checkpoint (counters, pending events, which seqs no longer wait, the
 //! engine's state, and the log position they reflect) is written to the
@@ -30,7 +33,10 @@
 //!
 //! - [`Outbox::push`] appends alerts with consecutive seqs and the engine
 //!   transitions that made them, as one record: after a crash it is there
-//!   whole or not at all. Not yet durable: only after [`Outbox::flush`]
+//!   whole or not at all. (A group over 256 KiB takes several records, the
+//!   transitions riding with the last; when the disk refuses one of them,
+//!   the records before it stay, and `push` returns just their alerts, so
+//!   the writer pushes the rest again: none is stored twice.) Not yet durable: only after [`Outbox::flush`]
 //!   returns are the writes guaranteed to survive a crash or power cut.
 //!   With `flush = "always"` the writer flushes before it announces alerts
 //!   to the upstream.
@@ -471,6 +477,12 @@ impl Outbox {
     /// Stores `drafts` as alerts with consecutive seqs, with the engine
     /// state `transitions` that produced them, then enforces `max_bytes`.
     /// Not yet durable: see [`Outbox::flush`].
+    ///
+    /// Many drafts take several records. When the disk refuses one after
+    /// others were written, what was written stays stored: the result is
+    /// then the alerts of the first drafts only (fewer than `drafts`), the
+    /// caller keeps the rest to push again, and `transitions` (which go
+    /// with the last record) are not stored. An error means nothing was.
     pub fn push(
         &self,
         gateway: &str,
@@ -542,7 +554,19 @@ impl Outbox {
                 if first_record { &acks } else { &[] },
                 if last { transitions } else { &[] },
             );
-            let loc = st.append(&body, now)?;
+            let loc = match st.append(&body, now) {
+                Ok(loc) => loc,
+                // The records before this one stay: their drafts are done.
+                Err(e) if start > 0 => {
+                    warn!(stored = start, refused = drafts.len() - start, error = %e, "the outbox stored part of a group of alerts; the rest waits");
+                    alerts.truncate(start);
+                    st.changed = true;
+                    // Best effort: the failed write is what is reported.
+                    let _ = self.enforce_bytes(st, now);
+                    return Ok(alerts);
+                }
+                Err(e) => return Err(e),
+            };
             if first_record {
                 st.acks.clear();
                 st.acks_since_w = None;

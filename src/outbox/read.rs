@@ -1,5 +1,7 @@
 //! Reading waiting alerts back, outside the lock.
 
+use std::borrow::Cow;
+
 use super::*;
 
 impl Outbox {
@@ -24,7 +26,7 @@ impl Outbox {
     /// chosen.
     /// A record that cannot be read is left out and reported as lost.
     fn after_counted(&self, after: Option<u64>, limit: usize) -> (Vec<Record>, Counts) {
-        let (items, files, counts) = {
+        let (items, files, recent, counts) = {
             let st = self.lock();
             let counts = Counts {
                 depth: st.index.depth(),
@@ -38,7 +40,23 @@ impl Outbox {
                     files.insert(e.loc.seg, f);
                 }
             }
-            (items, files, counts)
+            // Just written: copied from memory (one copy, under the lock),
+            // when the log still holds them.
+            let seg = items.last().map(|(_, _, e)| e.loc.seg);
+            let span = items
+                .iter()
+                .filter(|(_, _, e)| Some(e.loc.seg) == seg)
+                .map(|(_, _, e)| {
+                    (
+                        u64::from(e.loc.off),
+                        u64::from(e.loc.off) + u64::from(e.len),
+                    )
+                })
+                .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)));
+            let recent = seg.zip(span).and_then(|(seg, (from, to))| {
+                st.log.recent(seg, from, to).map(|bytes| (seg, from, bytes))
+            });
+            (items, files, recent, counts)
         };
         let mut out = Vec::with_capacity(items.len());
         let mut bad = Vec::new();
@@ -61,9 +79,19 @@ impl Outbox {
                 end = off + u64::from(e.len);
                 j += 1;
             }
-            let span = files
-                .get(&seg)
-                .and_then(|f| log::read_at(f, start, (end - start) as usize).ok());
+            let span: Option<Cow<'_, [u8]>> = match &recent {
+                Some((s, from, bytes)) if *s == seg && start >= *from => {
+                    let a = (start - from) as usize;
+                    bytes.get(a..a + (end - start) as usize).map(Cow::Borrowed)
+                }
+                _ => None,
+            }
+            .or_else(|| {
+                files
+                    .get(&seg)
+                    .and_then(|f| log::read_at(f, start, (end - start) as usize).ok())
+                    .map(Cow::Owned)
+            });
             for (seq, sev, e) in &items[i..j] {
                 let decoded = span.as_ref().and_then(|buf| {
                     let a = (u64::from(e.loc.off) - start) as usize;

@@ -848,3 +848,50 @@ proptest! {
         }
     }
 }
+
+/// A group of alerts larger than the disk's free space, on a real tmpfs:
+/// what fits is stored and returned, the rest is pushed again once there is
+/// room, and no alert is stored twice or skipped.
+#[test]
+fn a_group_the_disk_refuses_half_way_keeps_what_was_written_and_stores_the_rest_once() {
+    let fs = TinyFs::mount(4 << 20);
+    let dir = fs.path().join("outbox");
+    let (o, _) = open_at(&dir, at(0));
+    // About 600 KB left; the group needs about 2.3 MB (several records).
+    let filler = fs.fill("filler");
+    let len = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(len.saturating_sub(600 << 10))
+        .unwrap();
+    let drafts: Vec<AlertDraft> = (0..1_000)
+        .map(|i| AlertDraft {
+            message: format!("alert {i} {}", "x".repeat(2_000)),
+            ..draft(i, Severity::Critical)
+        })
+        .collect();
+    let first = o.push("gw", &drafts, &[], at(1)).unwrap();
+    let k = first.len();
+    assert!(k > 0 && k < drafts.len(), "stored {k} of {}", drafts.len());
+    assert_eq!(seqs(&o), (1..=k as u64).collect::<Vec<_>>());
+    // Nothing more fits until there is room.
+    assert!(o.push("gw", &drafts[k..], &[], at(2)).is_err());
+    assert_eq!(o.depth(), k as u64);
+    std::fs::remove_file(&filler).unwrap();
+    let rest = o.push("gw", &drafts[k..], &[], at(3)).unwrap();
+    assert_eq!(rest.len(), drafts.len() - k);
+    let stored = o.after(None, usize::MAX).unwrap();
+    assert_eq!(
+        stored.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=1_000).collect::<Vec<u64>>()
+    );
+    assert!(
+        stored
+            .iter()
+            .zip(&drafts)
+            .all(|(r, d)| r.sensor == d.sensor),
+        "each draft stored once, in order"
+    );
+}

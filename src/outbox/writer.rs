@@ -218,9 +218,11 @@ impl Writer {
     async fn store(&self, held: &mut Held, durable: &watch::Sender<u64>) {
         let mut tried_room = false;
         loop {
-            let n = held.drafts.len().min(PUSH_LIMIT);
-            let drafts: Vec<AlertDraft> = held.drafts.iter().take(n).cloned().collect();
-            let transitions: Vec<Change> = if n == held.drafts.len() {
+            let all = held.drafts.len();
+            let n = all.min(PUSH_LIMIT);
+            // Stored from where they are held: drained only once stored.
+            let drafts = &held.drafts.make_contiguous()[..n];
+            let transitions: Vec<Change> = if n == all {
                 held.transitions
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
@@ -229,17 +231,27 @@ impl Writer {
                 Vec::new()
             };
             let now = self.clock.now();
-            match self.outbox.push(&self.gateway, &drafts, &transitions, now) {
+            match self.outbox.push(&self.gateway, drafts, &transitions, now) {
                 Ok(alerts) => {
-                    held.drafts.drain(..n);
-                    if !transitions.is_empty() {
+                    // All n, or the first of them when the disk refused
+                    // the rest (they stay held, and are pushed next).
+                    let stored = alerts.len();
+                    held.drafts.drain(..stored);
+                    if stored == n && !transitions.is_empty() {
                         held.transitions.clear();
                     }
+                    if stored < n {
+                        // Progress: room may be made again.
+                        tried_room = false;
+                    }
                     held.backoff.reset();
+                    // One write(2) for the lines of the whole group.
+                    let lines = crate::logging::batch();
                     for a in &alerts {
                         self.telemetry.alert_created(&a.rule, a.state);
                         info!(id = %a.id, rule = %a.rule, sensor = %a.sensor, metric = %a.metric, state = %a.state, severity = %a.severity, value = a.value, threshold = a.threshold, text = %a.message, "alert");
                     }
+                    drop(lines);
                     held.unflushed = true;
                     match self.flush {
                         FlushPolicy::Always => self.flush_and_announce(held, durable).await,

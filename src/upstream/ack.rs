@@ -27,6 +27,9 @@ pub struct AckTracker {
     queued: VecDeque<Tag>,
     /// Written to the socket, waiting for PUBACK.
     inflight: HashMap<u16, Tag>,
+    /// How many of `queued` and `inflight` are alerts: kept as they change,
+    /// since the upstream loop asks after every event.
+    alerts: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +47,15 @@ impl AckTracker {
 
     /// A publish was handed to the client.
     pub fn sent(&mut self, tag: Tag) {
+        self.alerts += usize::from(matches!(tag, Tag::Alert(_)));
         self.queued.push_back(tag);
+    }
+
+    /// One alert less in flight (`tag` left the tracker).
+    fn gone(&mut self, tag: Tag) {
+        if matches!(tag, Tag::Alert(_)) {
+            self.alerts -= 1;
+        }
     }
 
     /// The event loop wrote a publish with this pkid (events come in send order).
@@ -55,17 +66,23 @@ impl AckTracker {
             .ok_or(AckError::UnexpectedOutgoing(pkid))?;
         if pkid == 0 {
             // QoS 0: no acknowledgement will come.
+            self.gone(tag);
             return Ok(());
         }
         match self.inflight.insert(pkid, tag) {
             None => Ok(()),
-            Some(_) => Err(AckError::PkidReused(pkid)),
+            Some(old) => {
+                self.gone(old);
+                Err(AckError::PkidReused(pkid))
+            }
         }
     }
 
     /// A PUBACK arrived: what it acknowledges (None for an unknown pkid).
     pub fn puback(&mut self, pkid: u16) -> Option<Tag> {
-        self.inflight.remove(&pkid)
+        let tag = self.inflight.remove(&pkid)?;
+        self.gone(tag);
+        Some(tag)
     }
 
     /// Publishes handed over and not yet acknowledged.
@@ -80,11 +97,7 @@ impl AckTracker {
 
     /// Alerts handed over and not yet acknowledged.
     pub fn alerts_in_flight(&self) -> usize {
-        self.queued
-            .iter()
-            .chain(self.inflight.values())
-            .filter(|t| matches!(t, Tag::Alert(_)))
-            .count()
+        self.alerts
     }
 }
 
@@ -133,7 +146,34 @@ mod tests {
         assert_eq!(t.outgoing(1), Err(AckError::PkidReused(1)));
     }
 
+    /// What `alerts_in_flight` must equal: the alerts among what is held.
+    fn counted(t: &AckTracker) -> usize {
+        t.queued
+            .iter()
+            .chain(t.inflight.values())
+            .filter(|t| matches!(t, Tag::Alert(_)))
+            .count()
+    }
+
     proptest! {
+        /// The alert count kept on the way equals a count of what is held,
+        /// whatever is sent, written (QoS 0 or 1, pkids reused or not) and
+        /// acknowledged (known pkids, unknown ones, twice).
+        #[test]
+        fn the_alert_count_is_what_a_scan_would_count(ops in proptest::collection::vec((0u8..4, 0u16..6), 0..300)) {
+            let mut t = AckTracker::new();
+            let mut seq = 0;
+            for (op, n) in ops {
+                match op {
+                    0 => { seq += 1; t.sent(Tag::Alert(seq)); }
+                    1 => t.sent(if n % 2 == 0 { Tag::Other } else { Tag::Event(u64::from(n)) }),
+                    2 => { let _ = t.outgoing(n); }
+                    _ => { let _ = t.puback(n); }
+                }
+                prop_assert_eq!(t.alerts_in_flight(), counted(&t));
+            }
+        }
+
         /// Model check: whatever order PUBACKs come in, each seq is acknowledged
         /// exactly once and only by its own pkid.
         #[test]

@@ -351,7 +351,18 @@ impl Drop for Gateway {
             kill_and_reap(&mut child);
         }
         if thread::panicking() {
-            eprintln!("---- outpost log (tail) ----\n{}", tail(&self.log(), 150));
+            let log = self.log();
+            // A storm's alert lines would push these out of the tail.
+            let notable: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
+            eprintln!(
+                "---- outpost warnings and errors ({}, the last 60) ----\n{}",
+                notable.len(),
+                notable[notable.len().saturating_sub(60)..].join("\n")
+            );
+            eprintln!("---- outpost log (tail) ----\n{}", tail(&log, 150));
         }
     }
 }
