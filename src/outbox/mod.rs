@@ -15,9 +15,11 @@
 //! a crash, and the next commit's sync carries them anyway. In memory the
 //! outbox keeps only where each waiting alert is ([`index`], about 40 bytes
 //! each), never the payloads: memory does not grow with the backlog's bytes.
-//! The one exception is bounded: the log keeps a copy of the last 128-256
-//! KiB it appended, so an upstream that keeps up reads what was just
-//! written from memory instead of with a `pread` per PUBACK.
+//! Two bounded exceptions, both copies of bytes that never change once
+//! written: the log keeps the last 128-256 KiB it appended, so an upstream
+//! that keeps up reads what was just written from memory, and a read from
+//! the file takes up to 64 KiB more, so an upstream that lags reads the log
+//! in large pieces; neither does a `pread` per PUBACK.
 //!
 //! A checkpoint (counters, pending events, which seqs no longer wait, the
 //! engine's state, and the log position they reflect) is written to the
@@ -426,6 +428,8 @@ pub struct Outbox {
     failing: AtomicU8,
     storage_error: Mutex<Option<String>>,
     recovered: Mutex<Option<EngineState>>,
+    /// The last bytes read ahead of a read from the log (see `read.rs`).
+    ahead: Mutex<Option<read::Window>>,
 }
 
 fn sev_index(s: Severity) -> usize {

@@ -433,6 +433,7 @@ impl Outbox {
             failing: AtomicU8::new(0),
             storage_error: Mutex::new(None),
             recovered: Mutex::new(Some(engine)),
+            ahead: Mutex::new(None),
             inner: Mutex::new(inner),
         };
         {

@@ -1,7 +1,5 @@
 //! Reading waiting alerts back, outside the lock.
 
-use std::borrow::Cow;
-
 use super::*;
 
 impl Outbox {
@@ -34,10 +32,11 @@ impl Outbox {
                 next_seq: st.next_seq,
             };
             let items = st.index.after(after, limit);
-            let mut files: BTreeMap<u32, Arc<File>> = BTreeMap::new();
+            // Each segment with its length now: bytes below it never change.
+            let mut files: BTreeMap<u32, (Arc<File>, u64)> = BTreeMap::new();
             for (_, _, e) in &items {
                 if let Some(f) = st.log.file(e.loc.seg) {
-                    files.insert(e.loc.seg, f);
+                    files.insert(e.loc.seg, (f, st.log.segment_len(e.loc.seg)));
                 }
             }
             // Just written: copied from memory (one copy, under the lock),
@@ -54,7 +53,11 @@ impl Outbox {
                 })
                 .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)));
             let recent = seg.zip(span).and_then(|(seg, (from, to))| {
-                st.log.recent(seg, from, to).map(|bytes| (seg, from, bytes))
+                st.log.recent(seg, from, to).map(|bytes| Window {
+                    seg,
+                    start: from,
+                    bytes: Arc::new(bytes),
+                })
             });
             (items, files, recent, counts)
         };
@@ -79,23 +82,10 @@ impl Outbox {
                 end = off + u64::from(e.len);
                 j += 1;
             }
-            let span: Option<Cow<'_, [u8]>> = match &recent {
-                Some((s, from, bytes)) if *s == seg && start >= *from => {
-                    let a = (start - from) as usize;
-                    bytes.get(a..a + (end - start) as usize).map(Cow::Borrowed)
-                }
-                _ => None,
-            }
-            .or_else(|| {
-                files
-                    .get(&seg)
-                    .and_then(|f| log::read_at(f, start, (end - start) as usize).ok())
-                    .map(Cow::Owned)
-            });
+            let span = self.span(seg, start, end, recent.as_ref(), files.get(&seg));
             for (seq, sev, e) in &items[i..j] {
-                let decoded = span.as_ref().and_then(|buf| {
-                    let a = (u64::from(e.loc.off) - start) as usize;
-                    buf.get(a..a + e.len as usize)
+                let decoded = span.as_ref().and_then(|w| {
+                    w.get(u64::from(e.loc.off), u64::from(e.len))
                         .and_then(|b| record::decode_alert(b).ok())
                         .filter(|a| a.seq == *seq)
                         .map(|a| Record {
@@ -119,6 +109,39 @@ impl Outbox {
             self.lost_while_running(&bad);
         }
         (out, counts)
+    }
+
+    /// Bytes `start..end` of segment `seg`: from what was just appended,
+    /// else from the last read ahead, else read from the file together
+    /// with up to [`READ_AHEAD`] bytes after them (an upstream that lags
+    /// behind the writer then reads the log in large pieces, not one
+    /// `pread` per PUBACK). `file` is the segment with its length when the
+    /// items were chosen: no byte below it changes, so neither can a copy.
+    fn span(
+        &self,
+        seg: u32,
+        start: u64,
+        end: u64,
+        recent: Option<&Window>,
+        file: Option<&(Arc<File>, u64)>,
+    ) -> Option<Window> {
+        if let Some(w) = recent.filter(|w| w.holds(seg, start, end)) {
+            return Some(w.clone());
+        }
+        let ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(w) = ahead.filter(|w| w.holds(seg, start, end)) {
+            return Some(w);
+        }
+        let (f, len) = file?;
+        let to = (start + READ_AHEAD).min(*len).max(end);
+        let bytes = log::read_at(f, start, usize::try_from(to - start).ok()?).ok()?;
+        let w = Window {
+            seg,
+            start,
+            bytes: Arc::new(bytes),
+        };
+        *self.ahead.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.clone());
+        Some(w)
     }
 
     /// Alerts that turned unreadable after open (a segment removed under a
@@ -161,5 +184,29 @@ impl Outbox {
             self.storage_failed(&e, FAILING_PUSH);
         }
         self.publish_counters(&st);
+    }
+}
+
+/// Bytes read ahead after a read from the file (see [`Outbox::span`]).
+pub const READ_AHEAD: u64 = 64 << 10;
+
+/// Bytes `start..` of segment `seg`, as the file has them.
+#[derive(Debug, Clone)]
+pub(super) struct Window {
+    seg: u32,
+    start: u64,
+    bytes: Arc<Vec<u8>>,
+}
+
+impl Window {
+    fn holds(&self, seg: u32, start: u64, end: u64) -> bool {
+        seg == self.seg && start >= self.start && end <= self.start + self.bytes.len() as u64
+    }
+
+    /// `len` bytes at offset `off` of the segment, if held.
+    fn get(&self, off: u64, len: u64) -> Option<&[u8]> {
+        let a = usize::try_from(off.checked_sub(self.start)?).ok()?;
+        self.bytes
+            .get(a..a.checked_add(usize::try_from(len).ok()?)?)
     }
 }

@@ -895,3 +895,67 @@ fn a_group_the_disk_refuses_half_way_keeps_what_was_written_and_stores_the_rest_
         "each draft stored once, in order"
     );
 }
+
+/// Read one at a time, as the upstream does after each PUBACK, while more
+/// is pushed: what comes from memory (just appended, or read ahead) is
+/// exactly what a whole read of the file gives, also across segments and
+/// after a reopen.
+#[test]
+fn alerts_read_one_at_a_time_while_more_are_pushed_are_the_stored_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments (the bound is not reached: nothing is dropped).
+    let opts = Options {
+        max_bytes: 4 << 20,
+        ..Options::default()
+    };
+    let (o, _) = open_opts(dir.path(), opts, at(0));
+    let mut read = Vec::new();
+    let mut cursor = None;
+    for round in 0..40u64 {
+        let drafts: Vec<AlertDraft> = (0..25)
+            .map(|i| AlertDraft {
+                message: format!(
+                    "round {round} alert {i} {}",
+                    "y".repeat((i * 97 % 900) as usize)
+                ),
+                ..draft(round * 100 + i, Severity::Warning)
+            })
+            .collect();
+        o.push("gw", &drafts, &[], at(round)).unwrap();
+        // Fewer read than pushed each round: the reader lags further behind.
+        for _ in 0..20 {
+            let Some(r) = o.after(cursor, 1).unwrap().pop() else {
+                break;
+            };
+            cursor = Some(r.seq);
+            read.push(r);
+        }
+    }
+    while let Some(r) = o.after(cursor, 1).unwrap().pop() {
+        cursor = Some(r.seq);
+        read.push(r);
+    }
+    let whole = o.after(None, usize::MAX).unwrap();
+    assert_eq!(read.len(), 1_000);
+    assert_eq!(whole.len(), 1_000);
+    for (a, b) in read.iter().zip(&whole) {
+        assert_eq!(
+            (a.seq, &a.sensor, &a.payload),
+            (b.seq, &b.sensor, &b.payload)
+        );
+    }
+    assert!(segments(dir.path()).len() > 1, "the reads crossed segments");
+    drop(o);
+    let (o, _) = open_opts(dir.path(), opts, at(100));
+    let again: Vec<Record> = std::iter::successors(o.after(None, 1).unwrap().pop(), |r| {
+        o.after(Some(r.seq), 1).unwrap().pop()
+    })
+    .collect();
+    assert_eq!(again.len(), 1_000);
+    assert!(
+        again
+            .iter()
+            .zip(&whole)
+            .all(|(a, b)| a.payload == b.payload)
+    );
+}
