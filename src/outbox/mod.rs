@@ -38,8 +38,9 @@
 //!   whole or not at all. (A group over 256 KiB takes several records, the
 //!   transitions riding with the last; when the disk refuses one of them,
 //!   the records before it stay, and `push` returns just their alerts, so
-//!   the writer pushes the rest again: none is stored twice.) Not yet durable: only after [`Outbox::flush`]
-//!   returns are the writes guaranteed to survive a crash or power cut.
+//!   the writer pushes the rest again: none is stored twice.) Not yet
+//!   durable: only after [`Outbox::flush`] returns are the writes
+//!   guaranteed to survive a crash or power cut.
 //!   With `flush = "always"` the writer flushes before it announces alerts
 //!   to the upstream.
 //! - A seq is never reused under the same id prefix (`db_id`). The next seq
