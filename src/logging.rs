@@ -89,6 +89,66 @@ fn write_stderr(bytes: &[u8]) {
     }
 }
 
+/// How many lines of something that can come by the thousand (alerts in a
+/// storm) the log takes: `burst` at once, then `per_sec` a second. journald
+/// keeps at most 10,000 lines per 30 s of a service by default and then
+/// drops its lines, warnings included: a storm must not spend that. Lines
+/// over the budget go at debug level instead, and [`Budget::over`] says how
+/// many, for one summary line. Pure: the caller passes the time.
+#[derive(Debug)]
+pub struct Budget {
+    burst: f64,
+    per_sec: f64,
+    tokens: f64,
+    last: Option<std::time::Instant>,
+    /// Over the budget since the last summary.
+    over: u64,
+    /// When the first of them came.
+    over_since: Option<std::time::Instant>,
+}
+
+impl Budget {
+    pub fn new(burst: u32, per_sec: u32) -> Budget {
+        Budget {
+            burst: f64::from(burst),
+            per_sec: f64::from(per_sec),
+            tokens: f64::from(burst),
+            last: None,
+            over: 0,
+            over_since: None,
+        }
+    }
+
+    /// True: this line goes at its own level; false: it is over the
+    /// budget (counted for the summary).
+    pub fn take(&mut self, now: std::time::Instant) -> bool {
+        if let Some(last) = self.last {
+            let secs = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + secs * self.per_sec).min(self.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.over += 1;
+            self.over_since.get_or_insert(now);
+            false
+        }
+    }
+
+    /// The lines over the budget since the last summary, once `every` has
+    /// passed since the first of them (None: nothing to say yet).
+    pub fn over(&mut self, now: std::time::Instant, every: std::time::Duration) -> Option<u64> {
+        let since = self.over_since?;
+        if now.saturating_duration_since(since) < every {
+            return None;
+        }
+        self.over_since = None;
+        Some(std::mem::take(&mut self.over))
+    }
+}
+
 /// What became of a line given to [`hold`].
 #[derive(Debug, PartialEq)]
 enum Held {
@@ -152,6 +212,57 @@ mod tests {
 
     fn held() -> Option<Vec<u8>> {
         BATCH.with(|b| b.borrow().clone())
+    }
+
+    #[test]
+    fn a_budget_takes_a_burst_then_its_rate_and_counts_the_rest_for_one_summary() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut b = Budget::new(100, 10);
+        let taken = (0..1_000).filter(|_| b.take(t0)).count();
+        assert_eq!(taken, 100, "the burst");
+        // Nothing to say before a second has passed since the first over.
+        assert_eq!(
+            b.over(t0 + Duration::from_millis(999), Duration::from_secs(1)),
+            None
+        );
+        // Half a second later: 5 more, and the rest is over.
+        let t1 = t0 + Duration::from_millis(500);
+        let taken = (0..100).filter(|_| b.take(t1)).count();
+        assert_eq!(taken, 5);
+        assert_eq!(
+            b.over(t0 + Duration::from_secs(1), Duration::from_secs(1)),
+            Some(900 + 95)
+        );
+        assert_eq!(
+            b.over(t0 + Duration::from_secs(9), Duration::from_secs(1)),
+            None,
+            "said once"
+        );
+        // A quiet minute refills the burst, never beyond it.
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!((0..150).filter(|_| b.take(t2)).count(), 100);
+    }
+
+    proptest::proptest! {
+        /// Every line is either taken or counted in exactly one summary,
+        /// and what is taken never exceeds the burst plus the rate since.
+        #[test]
+        fn nothing_is_lost_between_taken_and_summarized(gaps in proptest::collection::vec(0u64..400, 1..500)) {
+            use std::time::{Duration, Instant};
+            let t0 = Instant::now();
+            let mut b = Budget::new(20, 5);
+            let (mut now, mut taken, mut summarized) = (t0, 0u64, 0u64);
+            for g in &gaps {
+                now += Duration::from_millis(*g);
+                taken += u64::from(b.take(now));
+                summarized += b.over(now, Duration::from_secs(1)).unwrap_or(0);
+            }
+            summarized += b.over(now + Duration::from_secs(1), Duration::from_secs(1)).unwrap_or(0);
+            proptest::prop_assert_eq!(taken + summarized, gaps.len() as u64);
+            let secs = now.duration_since(t0).as_secs_f64();
+            proptest::prop_assert!(taken as f64 <= 20.0 + 5.0 * secs + 1e-9);
+        }
     }
 
     #[test]

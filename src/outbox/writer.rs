@@ -10,6 +10,11 @@
 //! ([`Outbox::expire`]) and the periodic flush; a batch that carries a
 //! checkpoint of the engine's state has it written after its alerts.
 //!
+//! Every alert stored is logged, at info up to [`ALERT_LINES_BURST`] at once
+//! and [`ALERT_LINES_PER_SEC`] a second, beyond that at debug with a
+//! summary of how many (journald would otherwise drop lines, warnings
+//! included, in a storm); a group's lines go out in one write.
+//!
 //! Memory is bounded in alerts, not in batches: the channel from the
 //! evaluator holds a few batches of at most a few thousand alerts each, so
 //! a producer faster than the disk waits (and the sources behind it),
@@ -31,11 +36,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{Outbox, OutboxError};
 use crate::backoff::{Backoff, jitter};
 use crate::config::FlushPolicy;
+use crate::logging::Budget;
 use crate::reading::Clock;
 use crate::rules::{AlertDraft, Change};
 use crate::telemetry::Telemetry;
@@ -51,6 +57,11 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often housekeeping runs (and the flush under `flush = "always"`
 /// catches what a failed flush left).
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Alert lines logged at info at once, then a second ([`Budget`]); the
+/// rest at debug, with one summary at most every [`ALERT_LINES_SUMMARY`].
+pub const ALERT_LINES_BURST: u32 = 100;
+pub const ALERT_LINES_PER_SEC: u32 = 10;
+pub const ALERT_LINES_SUMMARY: Duration = Duration::from_secs(5);
 
 /// What the evaluator hands the writer.
 #[derive(Debug, Default)]
@@ -86,6 +97,8 @@ struct Held {
     /// After a failed write: not before this instant again.
     retry_at: Option<Instant>,
     backoff: Backoff,
+    /// How many alert lines the log takes (a storm must not flood it).
+    lines: Budget,
 }
 
 impl Held {
@@ -120,6 +133,7 @@ impl Writer {
             unflushed: false,
             retry_at: None,
             backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
+            lines: Budget::new(ALERT_LINES_BURST, ALERT_LINES_PER_SEC),
         };
         let mut open = true;
         while open {
@@ -137,6 +151,7 @@ impl Writer {
                 },
                 _ = timer.tick() => {
                     self.housekeeping();
+                    log_over_budget(&mut held.lines);
                     let due = match self.flush {
                         FlushPolicy::Always => true,
                         FlushPolicy::Every(p) => last_flush.elapsed() >= p,
@@ -247,10 +262,16 @@ impl Writer {
                     held.backoff.reset();
                     // One write(2) for the lines of the whole group.
                     let lines = crate::logging::batch();
+                    let at = Instant::now().into_std();
                     for a in &alerts {
                         self.telemetry.alert_created(&a.rule, a.state);
-                        info!(id = %a.id, rule = %a.rule, sensor = %a.sensor, metric = %a.metric, state = %a.state, severity = %a.severity, value = a.value, threshold = a.threshold, text = %a.message, "alert");
+                        if held.lines.take(at) {
+                            info!(id = %a.id, rule = %a.rule, sensor = %a.sensor, metric = %a.metric, state = %a.state, severity = %a.severity, value = a.value, threshold = a.threshold, text = %a.message, "alert");
+                        } else {
+                            debug!(id = %a.id, rule = %a.rule, sensor = %a.sensor, metric = %a.metric, state = %a.state, severity = %a.severity, value = a.value, threshold = a.threshold, text = %a.message, "alert");
+                        }
                     }
+                    log_over_budget(&mut held.lines);
                     drop(lines);
                     held.unflushed = true;
                     match self.flush {
@@ -308,6 +329,18 @@ impl Writer {
                 error!(error = %e, "outbox flush failed; retrying");
             }
         }
+    }
+}
+
+/// The summary of the alert lines that went at debug level, when due.
+fn log_over_budget(lines: &mut Budget) {
+    if let Some(n) = lines.over(Instant::now().into_std(), ALERT_LINES_SUMMARY) {
+        info!(
+            alerts = n,
+            "{n} more alerts were stored and logged at debug level only (the log takes \
+             {ALERT_LINES_BURST} alert lines at once, then {ALERT_LINES_PER_SEC} a second); \
+             every alert is in the outbox, and outpost_alerts_created_total on /metrics counts them"
+        );
     }
 }
 

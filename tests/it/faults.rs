@@ -177,6 +177,52 @@ fn an_alert_storm_with_the_uplink_down_stays_within_bounded_memory() {
     );
 }
 
+/// At the default `info` level an alert storm must not flood the journal
+/// (journald drops a service's lines, warnings too, past 10,000 per 30 s):
+/// the first 100 alert lines, then 10 a second, and the rest counted in a
+/// summary line. Every alert is accounted for: lines plus summaries equal
+/// what the outbox holds.
+#[test]
+fn an_alert_storm_logs_a_burst_of_alert_lines_then_a_rate_and_counts_the_rest() {
+    let s = Storm::start_launch(Launch::default().http().rust_log("info"), HOT_RULE, |c| c);
+    let t0 = Instant::now();
+    s.toggles(3_000, 0);
+    let summarized = |log: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains("logged at debug level only"))
+            .filter_map(|l| l.rsplit("alerts=").next()?.trim().parse::<u64>().ok())
+            .sum()
+    };
+    let mut last = (0, Instant::now());
+    let (lines, counted, depth) = retry_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "alert lines and summaries add up to the alerts stored",
+        || {},
+        |_| {
+            let depth = s.metric("outpost_outbox_depth") as usize;
+            if depth != last.0 {
+                last = (depth, Instant::now());
+            }
+            let log = s.gw.log();
+            let (lines, counted) = (log.matches(" alert id=").count(), summarized(&log));
+            (last.1.elapsed() > Duration::from_secs(1) && lines + counted as usize == depth)
+                .then_some((lines, counted, depth))
+        },
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(depth > 1_000, "the storm reached the gateway: {depth}");
+    assert!(
+        counted > 0,
+        "a summary counted the alerts not logged one by one"
+    );
+    assert!(
+        (lines as f64) <= 100.0 + 10.0 * (secs + 1.0),
+        "{lines} alert lines at info in {secs:.1} s"
+    );
+    assert!(!s.gw.log().contains(" DEBUG "), "the level is info");
+}
+
 /// Sets the gateway's state folder to `dir` (absolute).
 fn state_in(dir: &Path) -> impl FnOnce(Config) -> Config + '_ {
     move |mut c| {
