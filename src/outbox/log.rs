@@ -132,55 +132,6 @@ pub struct Log {
     segment_bytes: u64,
     /// Appends so far (tells a sync plan whether appends happened meanwhile).
     appends: u64,
-    /// The active segment's latest bytes, as written: the upstream, caught
-    /// up, reads what was just appended from here, not with a `pread` per
-    /// PUBACK.
-    recent: Recent,
-}
-
-/// The bytes `start..start + bytes.len()` of segment `seg` as appended
-/// (gaps left by page placement as zeros, as a read of the file gives
-/// them), at most [`RECENT_MAX`] and at least [`RECENT_KEEP`] of them once
-/// that many were appended.
-#[derive(Debug, Default)]
-struct Recent {
-    seg: u32,
-    start: u64,
-    bytes: Vec<u8>,
-}
-
-/// [`Recent`] drops its oldest bytes beyond this, keeping [`RECENT_KEEP`].
-pub const RECENT_MAX: usize = 256 * 1024;
-pub const RECENT_KEEP: usize = 128 * 1024;
-
-impl Recent {
-    /// `buf` was written at `at` in `seg`.
-    fn wrote(&mut self, seg: u32, at: u64, buf: &[u8]) {
-        let end = self.start + self.bytes.len() as u64;
-        if self.bytes.is_empty() || seg != self.seg || at < end || at - end > PAGE {
-            self.seg = seg;
-            self.start = at;
-            self.bytes.clear();
-        } else {
-            self.bytes.resize(self.bytes.len() + (at - end) as usize, 0);
-        }
-        self.bytes.extend_from_slice(buf);
-        if self.bytes.len() > RECENT_MAX {
-            let cut = self.bytes.len() - RECENT_KEEP;
-            self.bytes.drain(..cut);
-            self.start += cut as u64;
-        }
-    }
-
-    /// A copy of `from..to` of `seg`, if held.
-    fn copy(&self, seg: u32, from: u64, to: u64) -> Option<Vec<u8>> {
-        if seg != self.seg || from < self.start || to < from {
-            return None;
-        }
-        let a = usize::try_from(from - self.start).ok()?;
-        let b = usize::try_from(to - self.start).ok()?;
-        self.bytes.get(a..b).map(<[u8]>::to_vec)
-    }
 }
 
 /// What [`Log::sync_plan`] captured.
@@ -363,7 +314,6 @@ impl Log {
             need_new: true,
             segment_bytes: segment_bytes.max(PAGE * 4),
             appends: 0,
-            recent: Recent::default(),
         };
         let mut damage = Vec::new();
         for n in numbers {
@@ -506,7 +456,6 @@ impl Log {
         if let Some(seg) = self.segments.get_mut(&n) {
             seg.len = at + len;
         }
-        self.recent.wrote(n, at, &buf);
         if !self.unsynced.contains(&n) {
             self.unsynced.push(n);
         }
@@ -638,12 +587,6 @@ impl Log {
     /// The segment's file, for reads outside a lock.
     pub fn file(&self, seg: u32) -> Option<Arc<File>> {
         self.segments.get(&seg).map(|s| s.file.clone())
-    }
-
-    /// A copy of bytes `from..to` of segment `seg` if they are among the
-    /// latest appended (what a read of the file would give), else None.
-    pub fn recent(&self, seg: u32, from: u64, to: u64) -> Option<Vec<u8>> {
-        self.recent.copy(seg, from, to)
     }
 
     /// The segment appends go to.
@@ -813,68 +756,6 @@ mod tests {
         }
         let next = log.append(b"after", 0).unwrap();
         assert!(next.seg > locs[49].seg, "appends never follow old data");
-    }
-
-    #[test]
-    fn what_was_just_appended_is_read_from_memory_as_the_file_has_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut log, _, _) = open(dir.path());
-        let mut locs: Vec<(Loc, usize)> = Vec::new();
-        let mut served = 0;
-        // Records of all sizes, page-placed with gaps, over several
-        // segments (64 KiB each) and past what memory keeps.
-        for i in 0..2_000 {
-            let len = 1 + (i * 7919) % 3_000;
-            let loc = log.append(&body(i, len), 0).unwrap();
-            locs.push((loc, len));
-            // Every range of the last few records, and one span across them.
-            let from = locs.len().saturating_sub(4);
-            for (a, b) in (from..locs.len()).flat_map(|a| (a..locs.len()).map(move |b| (a, b))) {
-                let (la, _) = locs[a];
-                let (lb, nb) = locs[b];
-                if la.seg != lb.seg {
-                    continue;
-                }
-                let (start, end) = (u64::from(la.off) - FRAME, u64::from(lb.off) + nb as u64);
-                if let Some(mem) = log.recent(la.seg, start, end) {
-                    let file = log.file(la.seg).unwrap();
-                    assert_eq!(
-                        mem,
-                        read_at(&file, start, (end - start) as usize).unwrap(),
-                        "{start}..{end}"
-                    );
-                    served += 1;
-                }
-            }
-        }
-        // What memory no longer holds, or never held, is not made up.
-        let (first, len) = locs[0];
-        assert_eq!(
-            log.recent(
-                first.seg,
-                u64::from(first.off),
-                u64::from(first.off) + len as u64
-            ),
-            None
-        );
-        let (last, len) = *locs.last().unwrap();
-        assert_eq!(
-            log.recent(
-                last.seg + 1,
-                u64::from(last.off),
-                u64::from(last.off) + len as u64
-            ),
-            None
-        );
-        assert_eq!(
-            log.recent(
-                last.seg,
-                u64::from(last.off),
-                u64::from(last.off) + len as u64 + 1
-            ),
-            None
-        );
-        assert!(served > 5_000, "only {served} ranges came from memory");
     }
 
     #[test]

@@ -15,11 +15,10 @@
 //! a crash, and the next commit's sync carries them anyway. In memory the
 //! outbox keeps only where each waiting alert is ([`index`], about 40 bytes
 //! each), never the payloads: memory does not grow with the backlog's bytes.
-//! Two bounded exceptions, both copies of bytes that never change once
-//! written: the log keeps the last 128-256 KiB it appended, so an upstream
-//! that keeps up reads what was just written from memory, and a read from
-//! the file takes up to 64 KiB more, so an upstream that lags reads the log
-//! in large pieces; neither does a `pread` per PUBACK.
+//! One bounded exception: a read from the log takes up to 64 KiB more than
+//! asked and keeps it (bytes that never change once written), so an
+//! upstream that lags behind the writer reads the log in large pieces, not
+//! with a `pread` per PUBACK.
 //!
 //! A checkpoint (counters, pending events, which seqs no longer wait, the
 //! engine's state, and the log position they reflect) is written to the

@@ -24,7 +24,7 @@ impl Outbox {
     /// chosen.
     /// A record that cannot be read is left out and reported as lost.
     fn after_counted(&self, after: Option<u64>, limit: usize) -> (Vec<Record>, Counts) {
-        let (items, files, recent, counts) = {
+        let (items, files, counts) = {
             let st = self.lock();
             let counts = Counts {
                 depth: st.index.depth(),
@@ -39,27 +39,7 @@ impl Outbox {
                     files.insert(e.loc.seg, (f, st.log.segment_len(e.loc.seg)));
                 }
             }
-            // Just written: copied from memory (one copy, under the lock),
-            // when the log still holds them.
-            let seg = items.last().map(|(_, _, e)| e.loc.seg);
-            let span = items
-                .iter()
-                .filter(|(_, _, e)| Some(e.loc.seg) == seg)
-                .map(|(_, _, e)| {
-                    (
-                        u64::from(e.loc.off),
-                        u64::from(e.loc.off) + u64::from(e.len),
-                    )
-                })
-                .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)));
-            let recent = seg.zip(span).and_then(|(seg, (from, to))| {
-                st.log.recent(seg, from, to).map(|bytes| Window {
-                    seg,
-                    start: from,
-                    bytes: Arc::new(bytes),
-                })
-            });
-            (items, files, recent, counts)
+            (items, files, counts)
         };
         let mut out = Vec::with_capacity(items.len());
         let mut bad = Vec::new();
@@ -82,7 +62,7 @@ impl Outbox {
                 end = off + u64::from(e.len);
                 j += 1;
             }
-            let span = self.span(seg, start, end, recent.as_ref(), files.get(&seg));
+            let span = self.span(seg, start, end, files.get(&seg));
             for (seq, sev, e) in &items[i..j] {
                 let decoded = span.as_ref().and_then(|w| {
                     w.get(u64::from(e.loc.off), u64::from(e.len))
@@ -111,23 +91,19 @@ impl Outbox {
         (out, counts)
     }
 
-    /// Bytes `start..end` of segment `seg`: from what was just appended,
-    /// else from the last read ahead, else read from the file together
-    /// with up to [`READ_AHEAD`] bytes after them (an upstream that lags
-    /// behind the writer then reads the log in large pieces, not one
-    /// `pread` per PUBACK). `file` is the segment with its length when the
-    /// items were chosen: no byte below it changes, so neither can a copy.
+    /// Bytes `start..end` of segment `seg`: from the last read ahead, else
+    /// read from the file together with up to [`READ_AHEAD`] bytes after
+    /// them (an upstream that lags behind the writer then reads the log in
+    /// large pieces, not one `pread` per PUBACK). `file` is the segment
+    /// with its length when the items were chosen: no byte below it
+    /// changes, so neither can a copy.
     fn span(
         &self,
         seg: u32,
         start: u64,
         end: u64,
-        recent: Option<&Window>,
         file: Option<&(Arc<File>, u64)>,
     ) -> Option<Window> {
-        if let Some(w) = recent.filter(|w| w.holds(seg, start, end)) {
-            return Some(w.clone());
-        }
         let ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(w) = ahead.filter(|w| w.holds(seg, start, end)) {
             return Some(w);

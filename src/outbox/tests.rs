@@ -897,9 +897,8 @@ fn a_group_the_disk_refuses_half_way_keeps_what_was_written_and_stores_the_rest_
 }
 
 /// Read one at a time, as the upstream does after each PUBACK, while more
-/// is pushed: what comes from memory (just appended, or read ahead) is
-/// exactly what a whole read of the file gives, also across segments and
-/// after a reopen.
+/// is pushed: what comes from memory (read ahead) is exactly what a whole
+/// read of the file gives, also across segments and after a reopen.
 #[test]
 fn alerts_read_one_at_a_time_while_more_are_pushed_are_the_stored_ones() {
     let dir = tempfile::tempdir().unwrap();
