@@ -265,10 +265,17 @@ impl Writer {
                     let at = Instant::now().into_std();
                     for a in &alerts {
                         self.telemetry.alert_created(&a.rule, a.state);
+                        // One line, at a level known only now (tracing
+                        // wants it constant at each call site).
+                        macro_rules! line {
+                            ($level:ident) => {
+                                $level!(id = %a.id, rule = %a.rule, sensor = %a.sensor, metric = %a.metric, state = %a.state, severity = %a.severity, value = a.value, threshold = a.threshold, text = %a.message, "alert")
+                            };
+                        }
                         if held.lines.take(at) {
-                            info!(id = %a.id, rule = %a.rule, sensor = %a.sensor, metric = %a.metric, state = %a.state, severity = %a.severity, value = a.value, threshold = a.threshold, text = %a.message, "alert");
+                            line!(info);
                         } else {
-                            debug!(id = %a.id, rule = %a.rule, sensor = %a.sensor, metric = %a.metric, state = %a.state, severity = %a.severity, value = a.value, threshold = a.threshold, text = %a.message, "alert");
+                            line!(debug);
                         }
                     }
                     log_over_budget(&mut held.lines);
