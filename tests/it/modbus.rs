@@ -214,6 +214,23 @@ fn alert(sub: &mut Subscriber, rule: &str, sensor: &str, metric: &str, state: &s
     .json()
 }
 
+/// The one `modbus request failed` warning of `log` whose line contains
+/// `with` (failures are logged at most once per 10 s; `what` says how many
+/// there were, for the message when there is not exactly one).
+fn one_failure_warning<'a>(log: &'a str, with: &str, what: &str) -> &'a str {
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("modbus request failed") && l.contains(with))
+        .collect();
+    assert_eq!(
+        warned.len(),
+        1,
+        "{what}, warnings (at most one per 10 s):\n{}",
+        warned.join("\n")
+    );
+    warned[0]
+}
+
 fn close(got: f64, want: f64) -> bool {
     (got - want).abs() <= 1e-9 * want.abs().max(1.0)
 }
@@ -589,22 +606,12 @@ fn a_device_that_stops_answering_is_counted_and_the_other_keeps_being_read() {
 
     // Logged with the device and its registers, at most once per 10 s.
     let log = rig.gw.run_log();
-    let warned: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("modbus request failed") && l.contains("unit=2 "))
-        .collect();
-    assert_eq!(
-        warned.len(),
-        1,
-        "{timeouts} timeouts, warnings:\n{}",
-        warned.join("\n")
-    );
+    let warned = one_failure_warning(&log, "unit=2 ", &format!("{timeouts} timeouts"));
     assert!(
-        warned[0].contains("unit=2")
-            && warned[0].contains("sensor=meter/2")
-            && warned[0].contains("registers=input 12-13"),
-        "{}",
-        warned[0]
+        warned.contains("unit=2")
+            && warned.contains("sensor=meter/2")
+            && warned.contains("registers=input 12-13"),
+        "{warned}"
     );
 
     rig.server().command("speak 2");
@@ -746,22 +753,12 @@ fn an_exception_answer_is_counted_logged_with_its_code_and_the_other_registers_s
     assert_eq!(metrics, vec!["temperature"], "an exception became a value");
 
     let log = rig.gw.run_log();
-    let warned: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("modbus request failed"))
-        .collect();
-    assert_eq!(
-        warned.len(),
-        1,
-        "{exceptions} exceptions, warnings (at most one per 10 s):\n{}",
-        warned.join("\n")
-    );
+    let warned = one_failure_warning(&log, "", &format!("{exceptions} exceptions"));
     assert!(
-        warned[0].contains("exception 2 (illegal data address)")
-            && warned[0].contains("registers=input 40 metrics=humidity")
-            && warned[0].contains("error=\"exception\""),
-        "{}",
-        warned[0]
+        warned.contains("exception 2 (illegal data address)")
+            && warned.contains("registers=input 40 metrics=humidity")
+            && warned.contains("error=\"exception\""),
+        "{warned}"
     );
 }
 
